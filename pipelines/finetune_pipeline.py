@@ -1,0 +1,141 @@
+"""The fine-tuning pipeline, defined once with the azure-ai-ml SDK (v2).
+
+This file only wires components: it loads their specs, calls them, and names each step by what it
+produces. The same ``PipelineJob`` object is submitted to Azure ML or run by ``pipelines.local_backend``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import PROJECT_ROOT, RunSettings, SettingsError, load_compute
+
+COMPONENTS_DIR = PROJECT_ROOT / "components"
+COMPONENT_NAMES = (
+    "prep_data",
+    "validate_chat_jsonl",
+    "finetune",
+    "evaluate",
+    "register_model",
+    "deploy_endpoint",
+)
+# Inputs the pipeline wires itself; a preset may not set them.
+WIRED_INPUTS = {
+    "prep_data": {"raw_data"},
+    "validate_chat_jsonl": {"input_data", "reference_data"},
+    "finetune": {"base_model", "train_data", "validation_data"},
+    "evaluate": {"base_model", "tuned_model", "validation_data"},
+    "register_model": {"tuned_model", "eval_report", "quality_gate", "split_info", "base_model_name"},
+    "deploy_endpoint": {"model_info", "instance_type", "instance_count"},
+}
+
+
+def load_components() -> dict[str, Any]:
+    from azure.ai.ml import load_component
+
+    # The SDK logs an "experimental class" line per schema at import/load time: noise for users.
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
+    return {name: load_component(source=COMPONENTS_DIR / name / "component.yml") for name in COMPONENT_NAMES}
+
+
+def check_step_settings(settings: RunSettings, components: dict[str, Any]) -> None:
+    """Fail early, naming the file and key, when a preset sets an input a component does not have."""
+    for step, values in settings.steps.items():
+        if step not in components:
+            raise SettingsError(f"{settings.source}: steps.{step} is not a component (known: {', '.join(components)})")
+        spec = COMPONENTS_DIR / step / "component.yml"
+        allowed = set(components[step].inputs) - WIRED_INPUTS.get(step, set())
+        for key in values:
+            if key not in allowed:
+                raise SettingsError(
+                    f"{settings.source}: steps.{step}.{key} is not a settable input of {spec.relative_to(PROJECT_ROOT)}"
+                    f" (settable: {', '.join(sorted(allowed))})"
+                )
+
+
+def _as_input(value: str | None):
+    """A path or asset URI as a uri_folder Input; local paths are made absolute from the project root."""
+    from azure.ai.ml import Input
+
+    if value is None:
+        return None
+    if value.startswith("azureml:") or "://" in value:
+        return Input(type="uri_folder", path=value)
+    path = Path(value)
+    return Input(type="uri_folder", path=str(path if path.is_absolute() else PROJECT_ROOT / path))
+
+
+def build_pipeline(settings: RunSettings, base_model_path: str | None = None):
+    """Build the PipelineJob. ``base_model_path`` replaces ``settings.base_model`` (e.g. a converted local model)."""
+    from azure.ai.ml import dsl
+
+    components = load_components()
+    check_step_settings(settings, components)
+    compute = load_compute()
+    gpu, cpu = compute["gpu_cluster"]["name"], compute["cpu_cluster"]["name"]
+    endpoint = compute["online_endpoint"]
+
+    prep_data = components["prep_data"]
+    validate_chat_jsonl = components["validate_chat_jsonl"]
+    finetune = components["finetune"]
+    evaluate = components["evaluate"]
+    register_model = components["register_model"]
+    deploy_endpoint = components["deploy_endpoint"]
+
+    @dsl.pipeline(
+        name="chat_finetune",
+        display_name=f"Fine-tune {settings.base_model_name}",
+        description="prep → validate → fine-tune → evaluate → register → deploy",
+        default_compute=cpu,
+    )
+    def chat_finetune(base_model, raw_data=None):
+        splits = prep_data(raw_data=raw_data, **settings.step("prep_data"))
+        valid_train = validate_chat_jsonl(input_data=splits.outputs.train_data, **settings.step("validate_chat_jsonl"))
+        valid_validation = validate_chat_jsonl(
+            input_data=splits.outputs.validation_data,
+            reference_data=splits.outputs.train_data,  # a validation chat also in train is leakage
+            **settings.step("validate_chat_jsonl"),
+        )
+        tuned = finetune(
+            base_model=base_model,
+            train_data=valid_train.outputs.valid_data,
+            validation_data=valid_validation.outputs.valid_data,
+            **settings.step("finetune"),
+        )
+        tuned.compute = gpu
+        evaluation = evaluate(
+            base_model=base_model,
+            tuned_model=tuned.outputs.merged_model,
+            validation_data=valid_validation.outputs.valid_data,
+            **settings.step("evaluate"),
+        )
+        evaluation.compute = gpu
+        registered = register_model(
+            tuned_model=tuned.outputs.merged_model,
+            eval_report=evaluation.outputs.eval_report,
+            quality_gate=evaluation.outputs.quality_gate,
+            split_info=splits.outputs.split_info,
+            base_model_name=settings.base_model_name,
+            **settings.step("register_model"),
+        )
+        endpoint_deployment = deploy_endpoint(
+            model_info=registered.outputs.model_info,
+            instance_type=endpoint["instance_type"],
+            instance_count=endpoint["instance_count"],
+            **settings.step("deploy_endpoint"),
+        )
+        return {
+            "adapter": tuned.outputs.adapter,
+            "eval_report": evaluation.outputs.eval_report,
+            "model_info": registered.outputs.model_info,
+            "endpoint_info": endpoint_deployment.outputs.endpoint_info,
+        }
+
+    job = chat_finetune(
+        base_model=_as_input(base_model_path or settings.base_model),
+        raw_data=_as_input(settings.raw_data),
+    )
+    job.experiment_name = settings.experiment_name
+    return job

