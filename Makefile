@@ -13,12 +13,14 @@ export PYTHONPATH := $(CURDIR)/src:$(CURDIR)
 export CHATFT_HOME := $(abspath $(OUTPUT_ROOT))
 # The local default must never reach a model hub.
 export HF_HUB_OFFLINE ?= 1
+RESOURCE_GROUP ?= rg-chatft-dev
+INFRA_PARAMS ?= infra/main.dev.bicepparam
 QUESTION ?= My internet keeps dropping every evening. What should I check first?
 
-.PHONY: help install run chat ask stop status validate test lint format submit mlflow-ui clean lock
+.PHONY: help install run chat ask stop status validate test lint lint-infra infra infra-what-if format submit mlflow-ui clean lock
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +53,17 @@ validate: install ## Check chat JSONL before a run: make validate DATA=path/to/f
 		--valid_data $(OUTPUT_ROOT)/validate/valid --rejected_data $(OUTPUT_ROOT)/validate/rejected \
 		--data_report $(OUTPUT_ROOT)/validate/report
 
-test: install ## Run the test suite (offline, CPU only)
-	$(PY) -m pytest $(ARGS)
+test: install lint-infra ## Run the test suite (offline, CPU only; includes the Bicep checks)
+	CHATFT_REQUIRE_IAC=1 $(PY) -m pytest $(ARGS)
+
+lint-infra: ## Parse the Bicep templates and run checkov (creates .venv-iac on first use)
+	bash infra/check.sh
+
+infra-what-if: ## Preview the Azure deployment (needs the Azure CLI and az login)
+	az deployment group what-if --resource-group $(RESOURCE_GROUP) --template-file infra/main.bicep --parameters $(INFRA_PARAMS)
+
+infra: ## Deploy the workspace and its resources (needs the Azure CLI, az login, Owner on the group)
+	az deployment group create --resource-group $(RESOURCE_GROUP) --template-file infra/main.bicep --parameters $(INFRA_PARAMS)
 
 lint: install ## Lint and format-check with ruff
 	$(VENV)/bin/ruff check .

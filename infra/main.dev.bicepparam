@@ -1,0 +1,16 @@
+// Dev environment. Deploy with:
+//   az deployment group create --resource-group rg-chatft-dev --template-file infra/main.bicep --parameters infra/main.dev.bicepparam
+using './main.bicep'
+
+param baseName = 'chatftdev'
+
+param location = 'eastus2'
+
+param tags = {
+  project: 'chatft'
+  environment: 'dev'
+}
+
+// Read from the environment so the URL (it carries a function key) never lands in git.
+// Unset or empty: the retraining subscription is not created.
+param retrainWebhookUrl = readEnvironmentVariable('CHATFT_RETRAIN_WEBHOOK_URL', '')
