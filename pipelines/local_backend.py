@@ -32,6 +32,7 @@ _OUTPUT_REF = re.compile(r"\$\{\{\s*outputs\.(\w+)\s*\}\}")
 _OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
 # Fast, lots-of-small-allocations friendly malloc settings measured on this kind of VM (PLATFORM_NOTES).
 _MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+_PATH_TYPES = ("uri_folder", "uri_file", "custom_model", "mlflow_model")
 _CACHE_FORMAT = 1  # bump to invalidate every cached step when the key recipe changes
 
 
@@ -139,8 +140,15 @@ def _render(value: Any) -> str:
     return str(value)
 
 
-def resolve_command(command: str, inputs: dict[str, Any], outputs: dict[str, Path]) -> str:
-    """Substitute inputs/outputs into a component command; drop ``$[[...]]`` blocks whose inputs are unset."""
+def resolve_command(
+    command: str, inputs: dict[str, Any], outputs: dict[str, Path], path_inputs: frozenset[str] = frozenset()
+) -> str:
+    """Substitute inputs/outputs into a component command; drop ``$[[...]]`` blocks whose inputs are unset.
+
+    Literal values are substituted raw, exactly as Azure ML does, so a spec that needs quoting (a value
+    with spaces or glob characters) must quote it itself and behaves the same on both backends. Local
+    paths are quoted: Azure's mount paths have no spaces, but a user's project folder may.
+    """
 
     def optional_block(match: re.Match) -> str:
         names = _INPUT_REF.findall(match.group(1))
@@ -152,7 +160,8 @@ def resolve_command(command: str, inputs: dict[str, Any], outputs: dict[str, Pat
         name = match.group(1)
         if inputs.get(name) is None:
             raise LocalRunError(f"command uses inputs.{name}, which has no value and no default")
-        return shlex.quote(_render(inputs[name]))
+        text = _render(inputs[name])
+        return shlex.quote(text) if name in path_inputs else text
 
     command = _INPUT_REF.sub(input_value, command)
     return _OUTPUT_REF.sub(lambda m: shlex.quote(str(outputs[m.group(1)])), command)
@@ -264,7 +273,8 @@ class LocalBackend:
         for path in outputs.values():
             path.mkdir(parents=True, exist_ok=True)
         marker.unlink(missing_ok=True)
-        command = resolve_command(component.command, inputs, outputs)
+        path_inputs = frozenset(k for k, spec in component.inputs.items() if spec.type in _PATH_TYPES)
+        command = resolve_command(component.command, inputs, outputs, path_inputs)
         run = client.create_run(
             experiment_id,
             run_name=name,
@@ -322,7 +332,7 @@ class LocalBackend:
                     continue
             if data is None:
                 data = spec.default
-            if data is None and spec.type in ("uri_folder", "uri_file", "custom_model", "mlflow_model"):
+            if data is None and spec.type in _PATH_TYPES:
                 if not spec.optional:
                     raise LocalRunError(f"step {name}: required input {input_name} has no value")
             elif data is not None:

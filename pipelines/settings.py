@@ -64,7 +64,7 @@ def load_settings(path: str | Path, overrides: list[str] | None = None) -> RunSe
         component, dot, input_name = key.partition(".")
         if not sep or not dot or not component or not input_name:
             raise SettingsError(f"--set {item!r}: expected STEP.INPUT=VALUE, e.g. finetune.learning_rate=1e-4")
-        steps.setdefault(component, {})[input_name] = yaml.safe_load(value)
+        steps.setdefault(component, {})[input_name] = _parse_scalar(value)
     missing = [k for k in ("experiment_name", "base_model", "base_model_name") if not raw.get(k)]
     if missing:
         raise SettingsError(f"{path}: missing required key(s) {', '.join(missing)}")
@@ -76,6 +76,18 @@ def load_settings(path: str | Path, overrides: list[str] | None = None) -> RunSe
         steps=steps,
         source=str(path),
     )
+
+
+def _parse_scalar(text: str) -> Any:
+    """A YAML scalar, except that ``1e-4`` is a number (YAML 1.1 wants ``1.0e-4``)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
 
 
 def load_compute(path: Path = COMPUTE_FILE) -> dict[str, Any]:

@@ -216,10 +216,13 @@ def test_out_of_range_parameters_are_refused_like_azure_would(project, tracking_
         backend(project, tracking_uri).run(build_job(project, repeat=9), "tests")
 
 
-def test_resolve_command_drops_optional_blocks_and_quotes_values():
-    command = "python s.py --a ${{inputs.a}} $[[--b ${{inputs.b}}]] $[[--c ${{inputs.c}}]] --out ${{outputs.o}}"
-    resolved = resolve_command(command, {"a": "two words", "b": None, "c": True}, {"o": Path("/x y")})
-    assert resolved == "python s.py --a 'two words'  --c True --out '/x y'"
+def test_resolve_command_drops_optional_blocks_and_substitutes_like_azure():
+    command = "python s.py --a '${{inputs.a}}' $[[--b ${{inputs.b}}]] $[[--c ${{inputs.c}}]] --d ${{inputs.d}}"
+    command += " --out ${{outputs.o}}"
+    inputs = {"a": "train[:1%]", "b": None, "c": True, "d": "/my data"}
+    resolved = resolve_command(command, inputs, {"o": Path("/x y")}, path_inputs=frozenset({"d"}))
+    # Literals raw (the spec quotes what needs quoting, as on Azure ML); local paths quoted.
+    assert resolved == "python s.py --a 'train[:1%]'  --c True --d '/my data' --out '/x y'"
 
 
 def test_hash_path_depends_on_content_and_names_not_timestamps(tmp_path):

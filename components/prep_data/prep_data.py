@@ -1,0 +1,276 @@
+"""Split chat JSONL (local files or a Hugging Face dataset) into train and validation sets.
+
+    python components/prep_data/prep_data.py --raw_data data/sample \\
+        --train_data /tmp/train --validation_data /tmp/validation --split_info /tmp/split_info
+
+How the split works: each record (a line without its line ending) gets the key sha256(seed, sha256(record)); the
+records with the smallest keys go to validation, round(fraction * records) of them, and each split keeps the input
+order. So the split depends only on the set of records, the seed and the fraction (not on file names, file order
+or line endings), the counts are exact, and identical records always land in the same split (no leakage through
+exact repeats). Lines are split unparsed: a malformed line is carried over unchanged for validate_chat_jsonl to
+report. Blank lines are not records; they are skipped and counted.
+
+Defaults, ranges and help texts live in component.yml (one home); the CLI reads them from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import chatft  # noqa: F401
+except ModuleNotFoundError:
+    # Run from a checkout: Azure ML and the local backend copy src/chatft next to this script (additional_includes);
+    # a plain `python components/prep_data/prep_data.py` does not, so use the checkout's copy.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from chatft.chat_format import check_record, parse_line
+from chatft.jsonl_io import (
+    NoJsonlFilesError,
+    atomic_writer,
+    is_blank,
+    iter_lines,
+    list_jsonl_files,
+    strip_line_ending,
+    write_jsonl_atomic,
+)
+
+SPEC_PATH = Path(__file__).with_name("component.yml")
+TRAIN_FILE = "train.jsonl"
+VALIDATION_FILE = "validation.jsonl"
+SPLIT_INFO_FILE = "split_info.json"
+COUNTS = ("records", "train_records", "validation_records", "blank_lines_skipped", "records_with_schema_errors")
+SPLIT_METHOD = "sha256(seed, sha256(record)) ascending; the smallest round(fraction * records) go to validation"
+
+
+class PrepError(Exception):
+    """Bad input or settings, reported as a one-line message and exit code 2 rather than a traceback."""
+
+
+@dataclass
+class SourceRecords:
+    """The records to split, as raw lines without line endings, and what they came from."""
+
+    records: list[bytes]
+    description: dict
+    blank_lines_skipped: int = 0
+    files: list[dict] = field(default_factory=list)
+
+
+def _load_spec() -> dict:
+    import yaml
+
+    return yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+
+
+def _bounded(convert, spec: dict):
+    """An argparse type that also enforces the spec's min/max, so a direct CLI call is held to the same range."""
+
+    def parse(text: str):
+        value = convert(text)
+        if ("min" in spec and value < spec["min"]) or ("max" in spec and value > spec["max"]):
+            raise argparse.ArgumentTypeError(f"{value} is outside [{spec.get('min')}, {spec.get('max')}]")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    spec = _load_spec()
+    inputs, outputs = spec["inputs"], spec["outputs"]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--raw_data", type=Path, help=inputs["raw_data"]["description"])
+    parser.add_argument("--hf_dataset", help=inputs["hf_dataset"]["description"])
+    parser.add_argument("--hf_split", default=inputs["hf_split"]["default"], help=inputs["hf_split"]["description"])
+    parser.add_argument("--hf_revision", help=inputs["hf_revision"]["description"])
+    fraction = inputs["validation_fraction"]
+    parser.add_argument(
+        "--validation_fraction",
+        type=_bounded(float, fraction),
+        default=fraction["default"],
+        help=fraction["description"],
+    )
+    seed = inputs["seed"]
+    parser.add_argument("--seed", type=_bounded(int, seed), default=seed["default"], help=seed["description"])
+    parser.add_argument("--train_data", type=Path, required=True, help=outputs["train_data"]["description"])
+    parser.add_argument("--validation_data", type=Path, required=True, help=outputs["validation_data"]["description"])
+    parser.add_argument("--split_info", type=Path, required=True, help=outputs["split_info"]["description"])
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def read_local_records(path: Path) -> SourceRecords:
+    """Every non-blank line of the JSONL file(s), unparsed."""
+    source = SourceRecords(records=[], description={"type": "local", "path": str(path)})
+    for file in list_jsonl_files(path):
+        count = 0
+        for _, line in iter_lines(file.path):
+            if is_blank(line):
+                source.blank_lines_skipped += 1
+                continue
+            source.records.append(strip_line_ending(line))
+            count += 1
+        source.files.append({"name": file.name, "records": count})
+    return source
+
+
+def load_hf_records(name: str, split: str, revision: str | None) -> SourceRecords:
+    """The dataset's ``messages`` column as JSONL records; other columns (ultrachat's prompt, prompt_id) are dropped."""
+    import datasets
+
+    dataset = datasets.load_dataset(name, split=split, revision=revision)
+    if "messages" not in dataset.column_names:
+        raise PrepError(
+            f"{name} [{split}]: no 'messages' column (columns: {', '.join(dataset.column_names)}); "
+            "expected chat data like HuggingFaceH4/ultrachat_200k"
+        )
+    records = []
+    for messages in dataset.select_columns(["messages"]).to_dict()["messages"]:
+        if isinstance(messages, list):
+            # Arrow gives every message every key seen in the column, absent ones as null: drop those again.
+            messages = [_without_nulls(message) for message in messages]
+        records.append(json.dumps({"messages": messages}, ensure_ascii=False).encode("utf-8"))
+    description = {"type": "huggingface", "dataset": name, "split": split, "revision": revision}
+    return SourceRecords(records=records, description=description)
+
+
+def _without_nulls(message: object) -> object:
+    if isinstance(message, dict):
+        return {key: value for key, value in message.items() if value is not None}
+    return message
+
+
+def count_schema_errors(records: list[bytes]) -> int:
+    """Records that validate_chat_jsonl will reject on their own (duplicates and leakage aside): a heads-up only."""
+    count = 0
+    for record in records:
+        value, problem = parse_line(record)
+        count += problem is not None or any(found.is_error for found in check_record(value))
+    return count
+
+
+def fingerprint(digests: list[bytes]) -> str:
+    """sha256 over the sorted record digests: the same set of records gives the same value in any order or layout."""
+    combined = hashlib.sha256()
+    for digest in sorted(digests):
+        combined.update(digest)
+    return combined.hexdigest()
+
+
+def split_records(digests: list[bytes], validation_fraction: float, seed: int) -> list[bool]:
+    """For each record (given by its sha256 digest), whether it goes to validation (method: module docstring)."""
+    total = len(digests)
+    if total < 2:
+        raise PrepError(f"{total} record(s): need at least 2 to make a train and a validation split")
+    seed_prefix = f"chatft-split:{seed}:".encode()
+    keys = [hashlib.sha256(seed_prefix + digest).digest() for digest in digests]
+    order = sorted(range(total), key=keys.__getitem__)
+    # Round half up (Python's round() goes to even), and leave at least one record on each side.
+    target = min(max(math.floor(total * validation_fraction + 0.5), 1), total - 1)
+    cut = target
+    # Identical records share a key and sit together in `order`: move the cut so they stay in one split.
+    while 0 < cut < total and keys[order[cut - 1]] == keys[order[cut]]:
+        cut -= 1
+    if cut == 0:
+        cut = target
+        while cut < total and keys[order[cut - 1]] == keys[order[cut]]:
+            cut += 1
+    if cut == total:
+        raise PrepError(f"all {total} records are identical: they cannot be split without leaking")
+    is_validation = [False] * total
+    for index in order[:cut]:
+        is_validation[index] = True
+    return is_validation
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        source = _read_source(args)
+        digests = [hashlib.sha256(record).digest() for record in source.records]
+        is_validation = split_records(digests, args.validation_fraction, args.seed)
+    except (PrepError, NoJsonlFilesError) as exc:
+        print(f"prep_data: error: {exc}", file=sys.stderr)
+        return 2
+
+    train = [record for record, in_validation in zip(source.records, is_validation, strict=True) if not in_validation]
+    validation = [record for record, in_validation in zip(source.records, is_validation, strict=True) if in_validation]
+    write_jsonl_atomic(args.train_data / TRAIN_FILE, train)
+    write_jsonl_atomic(args.validation_data / VALIDATION_FILE, validation)
+
+    train_digests = [digest for digest, in_validation in zip(digests, is_validation, strict=True) if not in_validation]
+    validation_digests = [digest for digest, in_validation in zip(digests, is_validation, strict=True) if in_validation]
+    split_info = {
+        "records": len(source.records),
+        "train_records": len(train),
+        "validation_records": len(validation),
+        "blank_lines_skipped": source.blank_lines_skipped,
+        "records_with_schema_errors": count_schema_errors(source.records),
+        "seed": args.seed,
+        "validation_fraction": args.validation_fraction,
+        "method": SPLIT_METHOD,
+        "source": {**source.description, **({"files": source.files} if source.files else {})},
+        "fingerprint": fingerprint(digests),
+        "train_fingerprint": fingerprint(train_digests),
+        "validation_fingerprint": fingerprint(validation_digests),
+    }
+    split_info_path = args.split_info / SPLIT_INFO_FILE
+    with atomic_writer(split_info_path) as handle:
+        handle.write((json.dumps(split_info, indent=2) + "\n").encode("utf-8"))
+    _log_to_mlflow(split_info, split_info_path)
+    print(
+        f"prep_data: {split_info['records']} records -> {len(train)} train, {len(validation)} validation "
+        f"(seed {args.seed}, fingerprint {split_info['fingerprint'][:12]}); {source.blank_lines_skipped} blank lines"
+    )
+    if split_info["records_with_schema_errors"]:
+        print(
+            f"prep_data: warning: {split_info['records_with_schema_errors']} records break the chat schema; "
+            "they are kept in the splits, and validate_chat_jsonl reports them by file and line"
+        )
+    return 0
+
+
+def _read_source(args: argparse.Namespace) -> SourceRecords:
+    if bool(args.raw_data) == bool(args.hf_dataset):
+        given = "both were given" if args.raw_data else "neither was given"
+        raise PrepError(f"give exactly one of --raw_data (local JSONL) or --hf_dataset (Hugging Face); {given}")
+    if args.raw_data:
+        return read_local_records(args.raw_data)
+    if not args.hf_revision:
+        print(f"prep_data: warning: {args.hf_dataset} is not pinned; pass --hf_revision for reproducible data")
+    return load_hf_records(args.hf_dataset, args.hf_split, args.hf_revision)
+
+
+def _log_to_mlflow(split_info: dict, split_info_path: Path) -> None:
+    import mlflow
+
+    source = split_info["source"]
+    with mlflow.start_run():
+        mlflow.log_params(
+            {
+                "seed": split_info["seed"],
+                "validation_fraction": split_info["validation_fraction"],
+                "source_type": source["type"],
+                "source": source.get("path") or _describe_hf(source),
+                "data_fingerprint": split_info["fingerprint"],
+            }
+        )
+        mlflow.log_metrics({key: value for key, value in split_info.items() if key in COUNTS})
+        mlflow.log_artifact(str(split_info_path), artifact_path="split_info")
+
+
+def _describe_hf(source: dict) -> str:
+    revision = f"@{source['revision']}" if source["revision"] else ""
+    return f"{source['dataset']}[{source['split']}]{revision}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(parse_args()))

@@ -1,0 +1,115 @@
+"""JSONL helpers shared by the data components: find the files, read raw lines, write files atomically.
+
+Lines are handled as bytes so that a record can be written out exactly as it was read: the validator promises
+its accepted lines byte-for-byte, and prep_data carries even unparsable lines into a split unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+JSONL_SUFFIX = ".jsonl"
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class NoJsonlFilesError(FileNotFoundError):
+    """The path is neither a ``.jsonl`` file nor a folder that holds one."""
+
+
+@dataclass(frozen=True)
+class JsonlFile:
+    """A JSONL file on disk, and its ``name``: the POSIX path relative to the input root (the bare file name when a
+    single file was given), used in messages (``train.jsonl:17: ...``) and as its name inside an output folder."""
+
+    path: Path
+    name: str
+
+
+def list_jsonl_files(path: str | os.PathLike) -> list[JsonlFile]:
+    """The ``.jsonl`` files at ``path``: the file itself, or every one under the folder, sorted by relative path.
+
+    Hidden files and folders (``.ipynb_checkpoints``, ``.git``) are skipped: they are never training data.
+    """
+    root = Path(path)
+    if root.is_file():
+        if root.suffix != JSONL_SUFFIX:
+            raise NoJsonlFilesError(f"{root}: not a {JSONL_SUFFIX} file; pass a .jsonl file or a folder of them")
+        return [JsonlFile(root, root.name)]
+    if not root.is_dir():
+        raise NoJsonlFilesError(f"{root}: no such file or folder")
+    files = []
+    for found in root.rglob(f"*{JSONL_SUFFIX}"):
+        relative = found.relative_to(root)
+        if found.is_file() and not any(part.startswith(".") for part in relative.parts):
+            files.append(JsonlFile(found, relative.as_posix()))
+    if not files:
+        raise NoJsonlFilesError(f"{root}: no {JSONL_SUFFIX} files in this folder or its subfolders")
+    return sorted(files, key=lambda file: file.name)
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, line)`` for each line of the file, numbered from 1, as bytes with its line ending (if any).
+
+    A UTF-8 byte-order mark at the start of the file is dropped: it marks the file's encoding, it is not part of
+    the first record, and lines may be recombined into other files.
+    """
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if number == 1 and line.startswith(UTF8_BOM):
+                line = line[len(UTF8_BOM) :]
+            yield number, line
+
+
+def is_blank(line: bytes) -> bool:
+    """Whitespace only: not a record (a trailing empty line is common), so readers skip it and count it."""
+    return not line or line.isspace()
+
+
+def strip_line_ending(line: bytes) -> bytes:
+    """The record without its ``\\n`` or ``\\r\\n``: what identifies a record regardless of the file's line endings."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+    return line
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary writing; it appears complete when the block ends, or not at all if it raises.
+
+    A temporary file in the same folder is renamed over the target, so a crashed or killed step never leaves a
+    half-written file that a later step could mistake for a finished one.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkstemp: it creates files 0600. "x" mode keeps the umask permissions and never reuses a name.
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl_atomic(path: str | os.PathLike, lines: Iterable[bytes]) -> int:
+    """Write raw JSONL lines atomically, adding a ``\\n`` to any line without one (a file's unterminated last line).
+
+    Returns the number of lines written.
+    """
+    count = 0
+    with atomic_writer(path) as handle:
+        for line in lines:
+            handle.write(line if line.endswith(b"\n") else line + b"\n")
+            count += 1
+    return count

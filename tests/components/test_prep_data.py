@@ -1,0 +1,347 @@
+"""prep_data run for real: local JSONL and an offline Hugging Face dataset folder, split seeded and lossless."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPONENT_DIR = REPO / "components" / "prep_data"
+
+
+def _load_module(name: str, path: Path):
+    """Import a script that is not in a package (components are folders, not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+prep_data = _load_module("component_prep_data", COMPONENT_DIR / "prep_data.py")
+
+
+def record(i: int) -> bytes:
+    messages = [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
+    return json.dumps({"messages": messages}).encode()
+
+
+@pytest.fixture(scope="module")
+def mlflow_experiment(tmp_path_factory):
+    """One SQLite MLflow store per session (creating its tables takes ~4 s), found by path from any module."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.getbasetemp() / "chatft-data-components-mlflow"
+    root.mkdir(exist_ok=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("data-components")
+    if experiment is not None:
+        return uri, client, experiment.experiment_id
+    return uri, client, client.create_experiment("data-components", artifact_location=(root / "artifacts").as_uri())
+
+
+@pytest.fixture(autouse=True)
+def mlflow_experiment_env(mlflow_experiment, monkeypatch):
+    """Every run the script starts lands in the test store (never in ./mlruns of the working directory)."""
+    uri, _, experiment_id = mlflow_experiment
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+
+
+def run_prep(out: Path, *flags: str) -> tuple[int, list[bytes], list[bytes], dict]:
+    """Run the script; return exit code, train and validation lines (without endings) and split_info."""
+    args = prep_data.parse_args(
+        [
+            *flags,
+            "--train_data", str(out / "train"),
+            "--validation_data", str(out / "validation"),
+            "--split_info", str(out / "split_info"),
+        ]
+    )  # fmt: skip
+    exit_code = prep_data.main(args)
+    if exit_code != 0:
+        return exit_code, [], [], {}
+    train = (out / "train" / "train.jsonl").read_bytes()
+    validation = (out / "validation" / "validation.jsonl").read_bytes()
+    info = json.loads((out / "split_info" / "split_info.json").read_text())
+    assert train.endswith(b"\n") and validation.endswith(b"\n")
+    train_lines, validation_lines = train.splitlines(), validation.splitlines()
+    # Nothing lost or invented: the counts close.
+    assert info["records"] == info["train_records"] + info["validation_records"]
+    assert (info["train_records"], info["validation_records"]) == (len(train_lines), len(validation_lines))
+    return exit_code, train_lines, validation_lines, info
+
+
+def write_lines(path: Path, lines: list[bytes], ending: bytes = b"\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(line + ending for line in lines))
+    return path
+
+
+def test_split_is_80_20_and_keeps_every_record(tmp_path):
+    records = [record(i) for i in range(100)]
+    write_lines(tmp_path / "raw" / "chats.jsonl", records)
+
+    exit_code, train, validation, info = run_prep(tmp_path / "out", "--raw_data", str(tmp_path / "raw"))
+
+    assert exit_code == 0
+    assert (len(train), len(validation)) == (80, 20)
+    assert sorted(train + validation) == sorted(records)
+    # Each split keeps the input order (easier to diff and review).
+    assert train == [r for r in records if r in set(train)]
+    assert info["seed"] == 42 and info["validation_fraction"] == 0.2
+    assert info["source"] == {
+        "type": "local",
+        "path": str(tmp_path / "raw"),
+        "files": [{"name": "chats.jsonl", "records": 100}],
+    }
+    assert len(info["fingerprint"]) == 64
+    assert info["records_with_schema_errors"] == 0
+
+
+def test_same_seed_same_split_other_seed_other_split(tmp_path):
+    write_lines(tmp_path / "raw" / "chats.jsonl", [record(i) for i in range(100)])
+    raw = ["--raw_data", str(tmp_path / "raw")]
+
+    _, train_a, validation_a, info_a = run_prep(tmp_path / "a", *raw, "--seed", "13")
+    _, train_b, validation_b, info_b = run_prep(tmp_path / "b", *raw, "--seed", "13")
+    _, train_c, validation_c, info_c = run_prep(tmp_path / "c", *raw, "--seed", "14")
+
+    assert (train_a, validation_a) == (train_b, validation_b)
+    assert info_a["validation_fingerprint"] == info_b["validation_fingerprint"]
+    assert len(validation_c) == 20 and set(validation_c) != set(validation_a)
+    assert info_c["fingerprint"] == info_a["fingerprint"]  # same data, other split
+    assert info_c["validation_fingerprint"] != info_a["validation_fingerprint"]
+
+
+def test_split_depends_on_the_records_not_their_order_files_or_line_endings(tmp_path):
+    records = [record(i) for i in range(50)]
+    write_lines(tmp_path / "one" / "all.jsonl", records)
+    shuffled = records[:]
+    random.Random(0).shuffle(shuffled)
+    write_lines(tmp_path / "two" / "part1.jsonl", shuffled[:20], ending=b"\r\n")
+    write_lines(tmp_path / "two" / "nested" / "part2.jsonl", shuffled[20:])
+
+    _, train_one, validation_one, info_one = run_prep(tmp_path / "out1", "--raw_data", str(tmp_path / "one"))
+    _, train_two, validation_two, info_two = run_prep(tmp_path / "out2", "--raw_data", str(tmp_path / "two"))
+
+    assert set(validation_one) == set(validation_two) and set(train_one) == set(train_two)
+    assert info_one["fingerprint"] == info_two["fingerprint"]
+    assert info_two["source"]["files"] == [
+        {"name": "nested/part2.jsonl", "records": 30},
+        {"name": "part1.jsonl", "records": 20},
+    ]
+
+
+def test_fingerprint_changes_when_a_record_changes(tmp_path):
+    records = [record(i) for i in range(20)]
+    write_lines(tmp_path / "a" / "chats.jsonl", records)
+    write_lines(tmp_path / "b" / "chats.jsonl", records[:-1] + [records[-1].replace(b"Answer", b"Reply")])
+
+    _, _, _, info_a = run_prep(tmp_path / "out_a", "--raw_data", str(tmp_path / "a" / "chats.jsonl"))
+    _, _, _, info_b = run_prep(tmp_path / "out_b", "--raw_data", str(tmp_path / "b" / "chats.jsonl"))
+
+    assert info_a["fingerprint"] != info_b["fingerprint"]
+
+
+def test_malformed_lines_are_carried_unchanged_and_blank_lines_counted(tmp_path):
+    good = [record(i) for i in range(10)]
+    odd = [b"this is not json", b'{"messages": "\xff"}', b'{"messages": [{"role": "bot"}]}', b"[1, 2]"]
+    raw = tmp_path / "raw" / "messy.jsonl"
+    raw.parent.mkdir()
+    # A BOM, CRLF endings, blank lines and a truncated last line without newline.
+    raw.write_bytes(
+        b"\xef\xbb\xbf"
+        + b"\r\n".join(good[:5] + odd)
+        + b"\r\n\r\n   \n"
+        + b"\n".join(good[5:])
+        + b'\n{"messages": [{"role": "us'
+    )
+
+    exit_code, train, validation, info = run_prep(tmp_path / "out", "--raw_data", str(raw))
+
+    assert exit_code == 0
+    expected = good + odd + [b'{"messages": [{"role": "us']
+    assert sorted(train + validation) == sorted(expected)  # byte-for-byte, only line endings and the BOM dropped
+    assert (info["records"], info["blank_lines_skipped"]) == (15, 2)
+    assert info["records_with_schema_errors"] == len(odd) + 1  # the heads-up; validate_chat_jsonl does the rejecting
+
+
+def test_identical_lines_stay_in_one_split(tmp_path):
+    repeated = record(999)
+    lines = [record(i) for i in range(40)] + [repeated] * 10
+    write_lines(tmp_path / "raw" / "chats.jsonl", lines)
+
+    for seed in range(5):
+        _, train, validation, _ = run_prep(
+            tmp_path / f"out{seed}", "--raw_data", str(tmp_path / "raw"), "--seed", str(seed)
+        )
+        assert Counter(train)[repeated] in (0, 10)
+        assert Counter(validation)[repeated] in (0, 10)
+        assert validation and train
+
+
+def test_prep_then_validate_finds_no_leakage_on_the_sample_data(tmp_path):
+    validate = _load_module(
+        "component_validate_chat_jsonl", REPO / "components" / "validate_chat_jsonl" / "validate_chat_jsonl.py"
+    )
+    exit_code, train, validation, _ = run_prep(tmp_path / "prep", "--raw_data", str(REPO / "data" / "sample"))
+    assert exit_code == 0 and (len(train), len(validation)) == (240, 60)
+
+    args = validate.parse_args(
+        [
+            "--input_data", str(tmp_path / "prep" / "validation"),
+            "--reference_data", str(tmp_path / "prep" / "train"),
+            "--valid_data", str(tmp_path / "valid"),
+            "--rejected_data", str(tmp_path / "rejected"),
+            "--data_report", str(tmp_path / "report"),
+        ]
+    )  # fmt: skip
+    assert validate.main(args) == 0
+    report = json.loads((tmp_path / "report" / "data_report.json").read_text())
+    assert (report["records_valid"], report["rules"]["leakage"]["records"]) == (60, 0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], "neither was given"),
+        (["--raw_data", "data/sample", "--hf_dataset", "HuggingFaceH4/ultrachat_200k"], "both were given"),
+    ],
+)
+def test_exactly_one_source(tmp_path, capsys, flags, expected):
+    assert run_prep(tmp_path / "out", *flags)[0] == 2
+    err = capsys.readouterr().err
+    assert "give exactly one of --raw_data (local JSONL) or --hf_dataset (Hugging Face)" in err
+    assert expected in err
+
+
+def test_too_few_records_to_split(tmp_path, capsys):
+    write_lines(tmp_path / "raw" / "one.jsonl", [record(0)])
+    assert run_prep(tmp_path / "out", "--raw_data", str(tmp_path / "raw"))[0] == 2
+    assert "1 record(s): need at least 2" in capsys.readouterr().err
+
+
+def test_folder_without_jsonl_files(tmp_path, capsys):
+    (tmp_path / "raw").mkdir()
+    assert run_prep(tmp_path / "out", "--raw_data", str(tmp_path / "raw"))[0] == 2
+    assert "no .jsonl files in this folder" in capsys.readouterr().err
+
+
+def _ultrachat_like(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """A local dataset folder laid out like HuggingFaceH4/ultrachat_200k (data/<split>-NNNNN-of-NNNNN.parquet)."""
+    from datasets import Dataset
+
+    rows = []
+    for i in range(40):
+        messages = [{"role": "user", "content": f"Prompt {i}"}, {"role": "assistant", "content": f"Reply {i}"}]
+        if i == 0:
+            messages[1]["name"] = "helper"  # Arrow then gives every other message "name": null
+        rows.append({"prompt": f"Prompt {i}", "prompt_id": f"{i:04x}", "messages": messages})
+    folder = tmp_path / "ultrachat_tiny"
+    (folder / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(folder / "data" / "train_sft-00000-of-00001.parquet")
+    Dataset.from_list(rows[:5]).to_parquet(folder / "data" / "test_sft-00000-of-00001.parquet")
+    return folder, rows
+
+
+def test_hugging_face_dataset_offline(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    calls = []
+    real_load_dataset = datasets.load_dataset
+
+    def recording_load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real_load_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", recording_load_dataset)
+    folder, rows = _ultrachat_like(tmp_path)
+
+    exit_code, train, validation, info = run_prep(
+        tmp_path / "out", "--hf_dataset", str(folder), "--hf_split", "train_sft[:50%]", "--validation_fraction", "0.25"
+    )
+
+    assert exit_code == 0
+    assert calls == [((str(folder),), {"split": "train_sft[:50%]", "revision": None})]
+    assert (len(train), len(validation)) == (15, 5)
+    written = sorted((json.loads(line) for line in train + validation), key=lambda r: r["messages"][0]["content"])
+    expected = sorted(({"messages": row["messages"]} for row in rows[:20]), key=lambda r: r["messages"][0]["content"])
+    assert written == expected  # only "messages"; the nulls Arrow added are gone, the real "name" kept
+    assert info["source"] == {
+        "type": "huggingface",
+        "dataset": str(folder),
+        "split": "train_sft[:50%]",
+        "revision": None,
+    }
+
+
+def test_hugging_face_dataset_without_messages_column(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    folder = tmp_path / "plain"
+    (folder / "data").mkdir(parents=True)
+    datasets.Dataset.from_list([{"text": "hello"}] * 4).to_parquet(folder / "data" / "train-00000-of-00001.parquet")
+
+    assert run_prep(tmp_path / "out", "--hf_dataset", str(folder), "--hf_split", "train")[0] == 2
+    assert "no 'messages' column (columns: text)" in capsys.readouterr().err
+
+
+def test_counts_and_fingerprint_are_logged_to_mlflow(tmp_path, mlflow_experiment, monkeypatch):
+    _, client, experiment_id = mlflow_experiment
+    run_id = client.create_run(experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)  # as the local backend does
+    write_lines(tmp_path / "raw" / "chats.jsonl", [record(i) for i in range(30)])
+
+    _, _, _, info = run_prep(tmp_path / "out", "--raw_data", str(tmp_path / "raw"))
+
+    run = client.get_run(run_id)
+    assert run.data.metrics["train_records"] == 24 and run.data.metrics["validation_records"] == 6
+    assert run.data.params["data_fingerprint"] == info["fingerprint"]
+    assert run.data.params["seed"] == "42"
+    assert [artifact.path for artifact in client.list_artifacts(run_id, "split_info")] == ["split_info/split_info.json"]
+
+
+def test_out_of_range_fraction_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        prep_data.parse_args(
+            ["--validation_fraction", "0.9", "--train_data", "t", "--validation_data", "v", "--split_info", "s"]
+        )
+    assert "0.9 is outside [0.01, 0.5]" in capsys.readouterr().err
+
+
+def test_spec_loads_offline_and_matches_the_script():
+    from azure.ai.ml import load_component
+
+    spec_path = COMPONENT_DIR / "component.yml"
+    component = load_component(source=str(spec_path))
+    spec = yaml.safe_load(spec_path.read_text())
+    assert spec_path.read_text().startswith("$schema: https://azuremlschemas")
+    assert spec["additional_includes"] == ["../../src/chatft"]
+    assert spec["environment"] == "azureml:chatft-train:1"
+    assert set(component.inputs) == set(spec["inputs"]) and set(component.outputs) == set(spec["outputs"])
+
+    command = " ".join(spec["command"].split())
+    parser = prep_data.build_parser()
+    parser_flags = {option for action in parser._actions for option in action.option_strings}
+    for name, declared in spec["inputs"].items():
+        value = f"${{{{inputs.{name}}}}}"
+        flag = f"--{name} '{value}'" if name == "hf_split" else f"--{name} {value}"  # quoted: brackets are globs
+        assert (f"$[[{flag}]]" in command) == bool(declared.get("optional")), name
+        assert flag in command and f"--{name}" in parser_flags, name
+    for name in spec["outputs"]:
+        assert f"--{name} ${{{{outputs.{name}}}}}" in command and f"--{name}" in parser_flags, name
+    assert parser_flags - {"-h", "--help"} == {f"--{name}" for name in [*spec["inputs"], *spec["outputs"]]}
+    defaults = prep_data.parse_args(["--train_data", "t", "--validation_data", "v", "--split_info", "s"])
+    for name in ("hf_split", "validation_fraction", "seed"):
+        assert getattr(defaults, name) == spec["inputs"][name]["default"]
