@@ -328,7 +328,7 @@ def test_spec_loads_offline_and_matches_the_script():
     spec = yaml.safe_load(spec_path.read_text())
     assert spec_path.read_text().startswith("$schema: https://azuremlschemas")
     assert spec["additional_includes"] == ["../../src/chatft"]
-    assert spec["environment"] == "azureml:chatft-train:1"
+    assert spec["environment"] == "azureml:chatft-cpu:1"
     assert set(component.inputs) == set(spec["inputs"]) and set(component.outputs) == set(spec["outputs"])
 
     command = " ".join(spec["command"].split())

@@ -377,7 +377,7 @@ def test_spec_loads_offline_and_matches_the_script():
     spec = yaml.safe_load((COMPONENT_DIR / "component.yml").read_text())
     assert (COMPONENT_DIR / "component.yml").read_text().startswith("$schema: https://azuremlschemas")
     assert spec["additional_includes"] == ["../../src/chatft"]
-    assert spec["environment"] == "azureml:chatft-train:1"
+    assert spec["environment"] == "azureml:chatft-cpu:1"
     assert set(component.inputs) == set(spec["inputs"]) and set(component.outputs) == set(spec["outputs"])
 
     command = " ".join(spec["command"].split())
