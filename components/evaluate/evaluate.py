@@ -1,0 +1,270 @@
+"""Compare the base and the tuned model on validation chats, and decide the quality gate.
+
+    python evaluate.py --base_model BASE --tuned_model TUNED --validation_data DATA \
+        --eval_report OUT/eval_report --quality_gate OUT/quality_gate [--max_perplexity_ratio 1.0 ...]
+
+Every flag, its type, range and default is read from component.yml beside this file (`--help` lists them).
+Both models are scored on the same tokens (the base's tokenizer; fine-tuning does not change it): loss,
+perplexity and next-token accuracy over assistant tokens only, the tokens fine-tuning trains. Then each answers
+the first validation prompts greedily, stopping at its end-of-turn token, scored with ROUGE-L.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+SPEC = Path(__file__).with_name("component.yml")
+
+
+class EvalError(ValueError):
+    """Inputs that cannot be evaluated; the message says where and what to do."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags named like the spec's inputs/outputs; types, enums, ranges and defaults come from the spec."""
+    import yaml
+
+    spec = yaml.safe_load(SPEC.read_text(encoding="utf-8"))
+    types = {"integer": int, "number": float, "string": str, "uri_folder": str}
+    parser = argparse.ArgumentParser(description=spec["description"])
+    for name, port in spec["inputs"].items():
+        parser.add_argument(
+            f"--{name}",
+            type=types[port["type"]],
+            choices=port.get("enum"),
+            default=port.get("default"),
+            required="default" not in port and not port.get("optional", False),
+            help=port.get("description"),
+        )
+    for name, port in spec["outputs"].items():
+        parser.add_argument(f"--{name}", required=True, help=port.get("description"))
+    args = parser.parse_args(argv)
+    for name, port in spec["inputs"].items():
+        value = getattr(args, name)
+        if value is not None and (value < port.get("min", value) or value > port.get("max", value)):
+            parser.error(f"--{name} {value} is outside [{port['min']}, {port['max']}] (see {SPEC.name})")
+    return args
+
+
+def _load_chats(folder: str) -> list[list[dict]]:
+    """The message lists of every .jsonl file under ``folder`` (validated upstream by validate_chat_jsonl)."""
+    from chatft.jsonl_io import NoJsonlFilesError, is_blank, iter_lines, list_jsonl_files
+
+    try:
+        files = list_jsonl_files(folder)
+    except NoJsonlFilesError as err:
+        raise EvalError(f"validation_data: {err}") from None
+    chats = []
+    for file in files:
+        for number, line in iter_lines(file.path):
+            if is_blank(line):
+                continue
+            try:
+                chats.append(json.loads(line)["messages"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise EvalError(f'{file.path}:{number}: not a {{"messages": [...]}} JSON line ({err})') from None
+    return chats
+
+
+def _encode(tokenizer, chats: list[list[dict]], max_seq_length: int) -> list[tuple[list[int], list[int]]]:
+    """Token ids and assistant mask per chat, rendered exactly as fine-tuning renders them."""
+    from chatft.model_source import training_chat_template
+
+    template = training_chat_template(tokenizer)
+    encoded = []
+    for messages in chats:
+        out = tokenizer.apply_chat_template(
+            messages, chat_template=template, return_assistant_tokens_mask=True, return_dict=True
+        )
+        encoded.append((out["input_ids"][:max_seq_length], out["assistant_masks"][:max_seq_length]))
+    return encoded
+
+
+def _score(model, encoded: list[tuple[list[int], list[int]]]) -> dict:
+    """Token-weighted loss, perplexity and top-1 accuracy over the assistant tokens of every chat."""
+    import torch
+
+    nll, correct, count = 0.0, 0, 0
+    with torch.inference_mode():
+        # One chat per forward pass: no padding, and memory stays at one sequence's logits.
+        for ids, mask in encoded:
+            input_ids = torch.tensor([ids], device=model.device)
+            targets = torch.tensor(mask[1:], dtype=torch.bool, device=model.device)
+            if not targets.any():
+                continue
+            logits = model(input_ids=input_ids).logits[0, :-1][targets].float()
+            labels = input_ids[0, 1:][targets]
+            nll += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += int((logits.argmax(-1) == labels).sum())
+            count += int(targets.sum())
+    if count == 0:
+        raise EvalError("validation_data: no assistant tokens to score (do the chats have assistant turns?)")
+    loss = nll / count
+    return {"loss": loss, "perplexity": math.exp(loss), "token_accuracy": correct / count, "assistant_tokens": count}
+
+
+def _samples(chats: list[list[dict]], n: int) -> list[dict]:
+    """The first ``n`` chats as (prompt: everything before the last assistant turn, reference: that turn)."""
+    samples = []
+    for messages in chats[:n]:
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last:  # an assistant turn with something before it to answer
+            samples.append({"prompt": messages[:last], "reference": messages[last]["content"]})
+    return samples
+
+
+def _generate(model, tokenizer, samples: list[dict], max_new_tokens: int) -> list[str]:
+    import torch
+
+    from chatft.model_source import end_of_turn_token_id
+
+    stop = list(dict.fromkeys([end_of_turn_token_id(tokenizer), tokenizer.eos_token_id]))
+    answers = []
+    with torch.inference_mode():
+        for sample in samples:
+            inputs = tokenizer.apply_chat_template(
+                sample["prompt"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(model.device)
+            output = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new_tokens = output[0, inputs["input_ids"].shape[1] :]
+            answers.append(tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
+    return answers
+
+
+def _evaluate_model(path: str, tokenizer, encoded, samples, args) -> tuple[dict, list[str]]:
+    import torch
+
+    from chatft.model_source import load_causal_lm
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # fp32 on CPU (half precision is slow there); the checkpoint's own dtype on a GPU.
+    model = load_causal_lm(path, dtype="auto" if device == "cuda" else "fp32").to(device).eval()
+    metrics = _score(model, encoded)
+    return metrics, _generate(model, tokenizer, samples, args.max_new_tokens)
+
+
+def _change(base: float, tuned: float, kind: str) -> str:
+    if kind == "pct_points":
+        return f"{(tuned - base) * 100:+.1f} pt"
+    if kind == "delta":
+        return f"{tuned - base:+.3f}"
+    return f"{(tuned - base) / base * 100:+.1f}%" if base else "n/a"
+
+
+def _markdown_table(report: dict) -> str:
+    base, tuned = report["metrics"]["base"], report["metrics"]["tuned"]
+    rows = [
+        ("loss (assistant tokens)", "loss", "{:.4f}", "relative"),
+        ("perplexity", "perplexity", "{:.3f}", "relative"),
+        ("next-token accuracy", "token_accuracy", "{:.1%}", "pct_points"),
+    ]
+    if base.get("rougeL") is not None:
+        rows.append((f"ROUGE-L F1 (first {len(report['samples'])} answers)", "rougeL", "{:.3f}", "delta"))
+    lines = ["| metric | base | tuned | change |", "|---|---:|---:|---:|"]
+    for label, key, fmt, kind in rows:
+        change = _change(base[key], tuned[key], kind)
+        lines.append(f"| {label} | {fmt.format(base[key])} | {fmt.format(tuned[key])} | {change} |")
+    gate = report["quality_gate"]
+    lines.append("")
+    lines.append(f"**Quality gate: {'passed' if gate['passed'] else 'FAILED'}** — {gate['reason']}")
+    return "\n".join(lines)
+
+
+def _markdown(report: dict) -> str:
+    def quote(text: str) -> str:
+        return "> " + (text or "(empty)").replace("\n", "\n> ")
+
+    parts = [
+        "# Evaluation: base vs tuned",
+        "",
+        f"{report['validation_chats']} validation chats, {report['metrics']['tuned']['assistant_tokens']} "
+        f"assistant tokens. Base: `{report['base_model']}`. Tuned: `{report['tuned_model']}`.",
+        "",
+        _markdown_table(report),
+    ]
+    for number, sample in enumerate(report["samples"], start=1):
+        parts += ["", f"## Answer {number}", "", "**Prompt** (last turn):", "", quote(sample["prompt"][-1]["content"])]
+        parts += ["", "**Reference:**", "", quote(sample["reference"])]
+        for name in ("base", "tuned"):
+            parts += ["", f"**{name.capitalize()}** (ROUGE-L {sample[name]['rougeL']:.3f}):", ""]
+            parts.append(quote(sample[name]["answer"]))
+    return "\n".join(parts) + "\n"
+
+
+def quality_gate(base: dict, tuned: dict, max_ratio: float) -> dict:
+    limit = max_ratio * base["perplexity"]
+    passed = tuned["perplexity"] <= limit
+    relation = "<=" if passed else ">"
+    reason = (
+        f"tuned perplexity {tuned['perplexity']:.3f} {relation} {max_ratio:g} × base perplexity "
+        f"{base['perplexity']:.3f} = {limit:.3f}"
+    )
+    return {"passed": passed, "reason": reason, "max_perplexity_ratio": max_ratio}
+
+
+def main(args: argparse.Namespace) -> dict:
+    import mlflow
+    from rouge_score import rouge_scorer
+
+    from chatft.model_source import load_tokenizer
+
+    started = time.perf_counter()
+    chats = _load_chats(args.validation_data)
+    tokenizer = load_tokenizer(args.base_model)
+    encoded = _encode(tokenizer, chats, args.max_seq_length)
+    samples = _samples(chats, args.num_generation_samples)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+    metrics = {}
+    for name, path in (("base", args.base_model), ("tuned", args.tuned_model)):
+        print(f"evaluate: scoring the {name} model ({path})", flush=True)
+        metrics[name], answers = _evaluate_model(path, tokenizer, encoded, samples, args)
+        for sample, answer in zip(samples, answers, strict=True):
+            sample[name] = {"answer": answer, "rougeL": scorer.score(sample["reference"], answer)["rougeL"].fmeasure}
+        metrics[name]["rougeL"] = sum(s[name]["rougeL"] for s in samples) / len(samples) if samples else None
+
+    gate = quality_gate(metrics["base"], metrics["tuned"], args.max_perplexity_ratio)
+    report = {
+        "base_model": args.base_model,
+        "tuned_model": args.tuned_model,
+        "validation_chats": len(chats),
+        "metrics": metrics,
+        "quality_gate": gate,
+        "samples": samples,
+        "seconds": time.perf_counter() - started,
+    }
+    report_dir, gate_dir = Path(args.eval_report), Path(args.quality_gate)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    gate_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (report_dir / "eval_report.md").write_text(_markdown(report), encoding="utf-8")
+    (gate_dir / "quality_gate.json").write_text(json.dumps({**gate, "metrics": metrics}, indent=2) + "\n")
+
+    with mlflow.start_run():
+        mlflow.log_params({k: v for k, v in vars(args).items() if k not in ("eval_report", "quality_gate")})
+        mlflow.log_metrics(
+            {f"{name}_{k}": float(v) for name, m in metrics.items() for k, v in m.items() if v is not None}
+            | {"quality_gate_passed": float(gate["passed"]), "eval_seconds": report["seconds"]}
+        )
+        mlflow.log_artifacts(str(report_dir), artifact_path="eval_report")
+        mlflow.log_artifacts(str(gate_dir), artifact_path="quality_gate")
+    print(_markdown_table(report), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except EvalError as err:
+        sys.exit(f"evaluate: {err}")

@@ -1,0 +1,189 @@
+"""evaluate.py run for real: a tiny Llama before and after a short fine-tune, report contents and the quality gate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers.chat_data import make_conversations, write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_module(name: str, path: Path):
+    """Import a script that is not in a package (components are folders, not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate = _load_module("component_evaluate", REPO / "components" / "evaluate" / "evaluate.py")
+finetune = _load_module("component_finetune_for_evaluate", REPO / "components" / "finetune" / "finetune.py")
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    """One SQLite MLflow store for the module (creating its tables takes ~4 s), artifacts kept under tmp."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("evaluate-tests", artifact_location=(root / "artifacts").as_uri())
+    return client, uri, experiment_id
+
+
+@pytest.fixture(autouse=True)
+def mlflow_env(mlflow_store, monkeypatch):
+    _, uri, experiment_id = mlflow_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("chats")
+    write_jsonl(root / "train" / "train.jsonl", make_conversations(24))
+    write_jsonl(root / "validation" / "validation.jsonl", make_conversations(6, seed=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_llama_dir, chats, tmp_path_factory, mlflow_store) -> Path:
+    """The tiny Llama after 8 LoRA steps on the train chats: the merged_model output."""
+    out = tmp_path_factory.mktemp("finetune")
+    _, uri, experiment_id = mlflow_store
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse env fixture has not run yet
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+        flags = {
+            "base_model": tiny_llama_dir,
+            "train_data": chats / "train",
+            "max_steps": 8,
+            "learning_rate": 1e-2,
+            "per_device_train_batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "max_seq_length": 256,
+            "adapter": out / "adapter",
+            "merged_model": out / "merged_model",
+            "checkpoints": out / "checkpoints",
+        }
+        finetune.main(finetune.parse_args([item for k, v in flags.items() for item in (f"--{k}", str(v))]))
+    return out / "merged_model"
+
+
+def run_evaluate(base: Path, tuned: Path, chats: Path, out: Path, **inputs) -> dict:
+    flags = {
+        "base_model": base,
+        "tuned_model": tuned,
+        "validation_data": chats / "validation",
+        "eval_report": out / "eval_report",
+        "quality_gate": out / "quality_gate",
+        **inputs,
+    }
+    return evaluate.main(evaluate.parse_args([item for k, v in flags.items() for item in (f"--{k}", str(v))]))
+
+
+def test_spec_loads_and_its_command_passes_every_input_and_output():
+    from azure.ai.ml import load_component
+
+    path = REPO / "components" / "evaluate" / "component.yml"
+    component = load_component(source=path)
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for name, port in spec["inputs"].items():
+        assert f"--{name} ${{{{inputs.{name}}}}}" in component.command
+        if port["type"] in ("integer", "number"):
+            assert {"min", "max", "default"} <= set(port), f"{name} needs min/max/default"
+    for name in spec["outputs"]:
+        assert f"--{name} ${{{{outputs.{name}}}}}" in component.command
+
+
+def test_report_compares_both_models_and_the_gate_passes(tiny_llama_dir, tuned, chats, tmp_path, mlflow_store, capsys):
+    report = run_evaluate(tiny_llama_dir, tuned, chats, tmp_path)
+
+    base, tuned_metrics = report["metrics"]["base"], report["metrics"]["tuned"]
+    for metrics in (base, tuned_metrics):
+        assert {"loss", "perplexity", "token_accuracy", "rougeL", "assistant_tokens"} <= set(metrics)
+        assert metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["loss"])
+    # Both are scored on the same assistant tokens: the answers and their <|im_end|>.
+    assert base["assistant_tokens"] == tuned_metrics["assistant_tokens"] > 0
+    assert tuned_metrics["loss"] < base["loss"]  # fine-tuning helped on chats like its training data
+    assert report["validation_chats"] == 6 and len(report["samples"]) == 3  # num_generation_samples default
+    first = report["samples"][0]
+    assert first["reference"] == make_conversations(6, seed=1)[0]["messages"][-1]["content"]
+    assert first["prompt"][-1]["role"] == "user" and {"answer", "rougeL"} <= set(first["tuned"])
+
+    gate = json.loads((tmp_path / "quality_gate" / "quality_gate.json").read_text())
+    assert gate["passed"] is True and gate["max_perplexity_ratio"] == 1.0
+    assert "<=" in gate["reason"] and gate["metrics"] == json.loads(json.dumps(report["metrics"]))
+    assert json.loads((tmp_path / "eval_report" / "eval_report.json").read_text())["quality_gate"]["passed"] is True
+
+    markdown = (tmp_path / "eval_report" / "eval_report.md").read_text()
+    assert "| metric | base | tuned | change |" in markdown and "| perplexity |" in markdown
+    assert "## Answer 3" in markdown and "**Quality gate: passed**" in markdown
+    assert "| next-token accuracy |" in capsys.readouterr().out  # make run shows the table
+
+    client, _, experiment_id = mlflow_store
+    run = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.data.metrics["tuned_perplexity"] == pytest.approx(tuned_metrics["perplexity"])
+    assert run.data.metrics["quality_gate_passed"] == 1.0
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval_report", "quality_gate"}
+
+
+@pytest.mark.parametrize(("factor", "passes"), [(0.99, False), (1.01, True)])
+def test_gate_follows_max_perplexity_ratio(factor, passes, tiny_llama_dir, tuned, chats, tmp_path):
+    """The gate flips exactly where the tuned/base perplexity ratio lies."""
+    first = run_evaluate(tiny_llama_dir, tuned, chats, tmp_path / "first", num_generation_samples=0)
+    ratio = first["metrics"]["tuned"]["perplexity"] / first["metrics"]["base"]["perplexity"]
+    report = run_evaluate(tiny_llama_dir, tuned, chats, tmp_path / "gated", max_perplexity_ratio=ratio * factor)
+    gate = json.loads((tmp_path / "gated" / "quality_gate" / "quality_gate.json").read_text())
+    assert gate["passed"] is passes and report["quality_gate"]["passed"] is passes
+    assert ("FAILED" in (tmp_path / "gated" / "eval_report" / "eval_report.md").read_text()) is not passes
+
+
+def test_generation_stops_at_the_end_of_turn_token(tiny_phi3_dir, tiny_llama_dir):
+    """Phi-3 ends a turn with <|end|>, not with its eos <|endoftext|>: greedy decoding must stop there."""
+    import torch
+
+    from chatft.model_source import end_of_turn_token_id, load_causal_lm, load_tokenizer
+
+    llama = load_tokenizer(tiny_llama_dir)
+    assert llama.convert_ids_to_tokens(end_of_turn_token_id(llama)) == "<|im_end|>"
+    tokenizer = load_tokenizer(tiny_phi3_dir)
+    end = end_of_turn_token_id(tokenizer)
+    assert tokenizer.convert_ids_to_tokens(end) == "<|end|>" and end != tokenizer.eos_token_id
+
+    model = load_causal_lm(tiny_phi3_dir, dtype="fp32").eval()
+    # An output layer that makes <|end|> the greedy choice at every step.
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    head.bias.data[end] = 10.0
+    model.lm_head = head
+    new_tokens = []
+    generate = model.generate
+
+    def counting_generate(**kwargs):
+        output = generate(**kwargs)
+        new_tokens.append(output.shape[1] - kwargs["input_ids"].shape[1])
+        return output
+
+    model.generate = counting_generate
+    samples = [{"prompt": [{"role": "user", "content": "Question?"}], "reference": "Answer."}]
+    assert evaluate._generate(model, tokenizer, samples, max_new_tokens=16) == [""]
+    assert new_tokens == [1]  # stopped right after <|end|>, not 16 tokens later
+
+
+def test_bad_validation_line_names_file_and_line(tiny_llama_dir, tmp_path):
+    folder = tmp_path / "validation"
+    folder.mkdir()
+    (folder / "val.jsonl").write_text(json.dumps(make_conversations(1)[0]) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(evaluate.EvalError, match=r"val\.jsonl:2: not a"):
+        run_evaluate(tiny_llama_dir, tiny_llama_dir, tmp_path, tmp_path / "out")

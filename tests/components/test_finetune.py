@@ -1,0 +1,271 @@
+"""finetune.py run for real on tiny random Phi-3 / Llama models: LoRA, DoRA, full, masking, resume, CLI errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers.chat_data import make_conversations, write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+COMPONENT_DIR = REPO / "components" / "finetune"
+PHI3_TARGETS = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+
+
+def _load_module(name: str, path: Path):
+    """Import a script that is not in a package (components are folders, not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+finetune = _load_module("component_finetune", COMPONENT_DIR / "finetune.py")
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    """One SQLite MLflow store for the module (creating its tables takes ~4 s), artifacts kept under tmp."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("finetune-tests", artifact_location=(root / "artifacts").as_uri())
+    return client, uri, experiment_id
+
+
+@pytest.fixture(autouse=True)
+def mlflow_env(mlflow_store, monkeypatch):
+    """Every run the script starts lands in the test store, as the local backend's env vars arrange."""
+    _, uri, experiment_id = mlflow_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory) -> Path:
+    """train/ (24 chats) and validation/ (6 chats) folders of chat JSONL."""
+    root = tmp_path_factory.mktemp("chats")
+    write_jsonl(root / "train" / "train.jsonl", make_conversations(24))
+    write_jsonl(root / "validation" / "validation.jsonl", make_conversations(6, seed=1))
+    return root
+
+
+def run_args(model: Path, chats: Path, out: Path, *, validation: bool = True, **inputs) -> list[str]:
+    """CLI flags for a short run; spec defaults for everything not given."""
+    flags = {
+        "base_model": model,
+        "train_data": chats / "train",
+        "max_steps": 4,
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 1,
+        "max_seq_length": 256,
+        "learning_rate": 5e-3,
+        "adapter": out / "adapter",
+        "merged_model": out / "merged_model",
+        "checkpoints": out / "checkpoints",
+        **inputs,
+    }
+    if validation:
+        flags["validation_data"] = chats / "validation"
+    return [item for name, value in flags.items() for item in (f"--{name}", str(value))]
+
+
+def latest_run(mlflow_store):
+    client, _, experiment_id = mlflow_store
+    return client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+def loss_spans(trainer) -> list[str]:
+    """Decoded text of every contiguous run of loss-carrying tokens in the batches the model is trained on."""
+    tokenizer = trainer.processing_class
+    spans = []
+    for batch in trainer.get_train_dataloader():
+        for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), strict=True):
+            run: list[int] = []
+            for token, label in zip(ids, labels, strict=True):
+                if label != -100:
+                    run.append(token)
+                elif run:
+                    spans.append(tokenizer.decode(run))
+                    run = []
+            if run:
+                spans.append(tokenizer.decode(run))
+    return spans
+
+
+def test_spec_loads_and_its_command_passes_every_input_and_output():
+    from azure.ai.ml import load_component
+
+    component = load_component(source=COMPONENT_DIR / "component.yml")
+    spec = yaml.safe_load((COMPONENT_DIR / "component.yml").read_text(encoding="utf-8"))
+    assert spec["environment"] == "azureml:chatft-train:1" and spec["additional_includes"] == ["../../src/chatft"]
+    for name, port in spec["inputs"].items():
+        flag = f"--{name} ${{{{inputs.{name}}}}}"
+        assert (f"$[[{flag}]]" if port.get("optional") else flag) in component.command
+        if port["type"] in ("integer", "number"):
+            assert {"min", "max", "default"} <= set(port), f"{name} needs min/max/default"
+    for name in spec["outputs"]:
+        assert f"--{name} ${{{{outputs.{name}}}}}" in component.command
+    # Defaults live in the spec only: the script reads them from there.
+    outputs = ["--adapter", "a", "--merged_model", "m2", "--checkpoints", "c"]
+    args = finetune.parse_args(["--base_model", "m", "--train_data", "d", *outputs])
+    assert args.method == "lora" and args.lora_target_modules == "auto" and args.assistant_only_loss is True
+    assert args.learning_rate == spec["inputs"]["learning_rate"]["default"]
+
+
+def test_parse_args_rejects_values_outside_the_spec_range(capsys):
+    base = ["--base_model", "m", "--train_data", "d", "--adapter", "a", "--merged_model", "m2", "--checkpoints", "c"]
+    with pytest.raises(SystemExit):
+        finetune.parse_args([*base, "--lora_dropout", "0.95"])
+    assert "--lora_dropout 0.95 is outside [0.0, 0.9]" in capsys.readouterr().err
+    assert finetune.parse_args([*base, "--packing", "False"]).packing is False  # Azure ML's rendering of booleans
+
+
+def test_lora_on_phi3_writes_an_adapter_and_a_merged_model_that_differs_from_the_base(
+    tiny_phi3_dir, chats, tmp_path, mlflow_store
+):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "out"
+    metrics = finetune.main(finetune.parse_args(run_args(tiny_phi3_dir, chats, out)))
+
+    adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert set(adapter_config["target_modules"]) == PHI3_TARGETS  # exactly the four fused Phi-3 projections
+    assert adapter_config["use_dora"] is False and adapter_config["r"] == 16
+    # The shipped tokenizer keeps the stock chat template (training swapped in one with generation markers).
+    stock = AutoTokenizer.from_pretrained(tiny_phi3_dir).chat_template
+    assert AutoTokenizer.from_pretrained(out / "adapter").chat_template == stock
+    assert AutoTokenizer.from_pretrained(out / "merged_model").chat_template == stock
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_phi3_dir).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged_model").state_dict()
+    assert merged.keys() == base.keys()  # a plain model: no LoRA leftovers
+    changed = {name for name in base if not torch.equal(base[name], merged[name])}
+    assert changed == {n for n in base if any(f".{t}." in n for t in PHI3_TARGETS)}
+
+    assert metrics["global_step"] == 4 and metrics["method"] == "lora" and metrics["precision"] == "fp32"
+    assert metrics["eval_loss_end"] < metrics["eval_loss_start"]
+    assert metrics["real_token_fraction"] == 1.0  # packed, padding-free
+    assert 0 < metrics["loss_token_fraction"] < 0.6  # assistant tokens only
+    assert metrics["tokens_per_second"] > 0 and metrics["trainable_params"] < metrics["total_params"] / 2
+    assert json.loads((out / "merged_model" / "train_metrics.json").read_text()) == metrics
+    assert (out / "merged_model" / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
+
+    run = latest_run(mlflow_store)
+    client = mlflow_store[0]
+    assert run.data.params["method"] == "lora" and run.data.params["precision_used"] == "fp32"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    assert len(client.get_metric_history(run.info.run_id, "tokens_per_second")) == 4
+    assert {"eval_loss", "real_token_fraction", "learning_rate"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"loss_curve.png", "train_metrics.json"} <= artifacts
+
+
+@pytest.mark.parametrize("arch", ["phi3", "llama"])
+def test_assistant_only_loss_trains_on_assistant_content_and_end_of_turn_only(arch, request, chats, tmp_path):
+    model = request.getfixturevalue(f"tiny_{arch}_dir")
+    trainer = finetune.build_trainer(finetune.parse_args(run_args(model, chats, tmp_path, validation=False)))
+    expected = []
+    for chat in make_conversations(24):
+        answers = [m["content"] for m in chat["messages"] if m["role"] == "assistant"]
+        if arch == "phi3":  # TRL's Phi-3 training template also trains the newline after <|end|> and the final eos
+            expected += [a + "<|end|>\n" for a in answers[:-1]] + [answers[-1] + "<|end|>\n<|endoftext|>"]
+        else:  # ChatML: the content and <|im_end|>, not the newline after it
+            expected += [a + "<|im_end|>" for a in answers]
+    assert sorted(loss_spans(trainer)) == sorted(expected)
+
+
+def test_smollm2_training_template_renders_like_the_stock_one(tiny_llama_dir):
+    from chatft.model_source import SMOLLM2_CHAT_TEMPLATE, load_tokenizer, training_chat_template
+
+    tokenizer = load_tokenizer(tiny_llama_dir)
+    assert tokenizer.chat_template == SMOLLM2_CHAT_TEMPLATE
+    template = training_chat_template(tokenizer)
+    assert template != SMOLLM2_CHAT_TEMPLATE and "{% generation %}" in template
+    with_system = [c["messages"] for c in make_conversations(4)]
+    without_system = [m[1:] for m in with_system]  # the stock template adds SmolLM's default system prompt
+    for messages in with_system + without_system:
+        for prompt in (False, True):
+            turns = messages[:-1] if prompt else messages
+            stock = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=prompt)
+            assert (
+                tokenizer.apply_chat_template(
+                    turns, tokenize=False, add_generation_prompt=prompt, chat_template=template
+                )
+                == stock
+            )
+
+
+@pytest.mark.parametrize("method", ["dora", "full"])
+def test_dora_and_full_fine_tuning_train_a_step(method, tiny_llama_dir, chats, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    flags = run_args(tiny_llama_dir, chats, out, validation=False, method=method, max_steps=1)
+    metrics = finetune.main(finetune.parse_args(flags))
+
+    assert metrics["global_step"] == 1 and metrics["train_loss"] > 0
+    if method == "dora":
+        assert json.loads((out / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
+    else:  # full fine-tuning: every weight trains, and the "adapter" is the whole model
+        assert metrics["trainable_params"] == metrics["total_params"]
+        assert not (out / "adapter" / "adapter_config.json").exists()
+        AutoModelForCausalLM.from_pretrained(out / "adapter")
+    assert type(AutoModelForCausalLM.from_pretrained(out / "merged_model")).__name__ == "LlamaForCausalLM"
+
+
+def test_resume_continues_from_the_last_complete_checkpoint(tiny_phi3_dir, chats, tmp_path, mlflow_store):
+    """A run stopped after step 2 and restarted ends where an uninterrupted run ends, weights included."""
+    from safetensors.torch import load_file
+
+    # Constant LR and no dropout: the interrupted run can then match the uninterrupted one exactly.
+    same = {"lr_scheduler_type": "constant", "warmup_ratio": 0.0, "lora_dropout": 0.0, "save_steps": 2}
+    finetune.main(finetune.parse_args(run_args(tiny_phi3_dir, chats, tmp_path / "straight", validation=False, **same)))
+
+    out = tmp_path / "interrupted"
+    first = finetune.main(
+        finetune.parse_args(run_args(tiny_phi3_dir, chats, out, validation=False, max_steps=2, **same))
+    )
+    assert first["global_step"] == 2 and (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    (out / "checkpoints" / "checkpoint-3").mkdir()  # a save cut short by the pre-emption: no trainer_state.json
+
+    resumed = finetune.main(finetune.parse_args(run_args(tiny_phi3_dir, chats, out, validation=False, **same)))
+    assert resumed["resumed_from_step"] == 2 and resumed["global_step"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    client, run = mlflow_store[0], latest_run(mlflow_store)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [3, 4]  # only the steps left
+    straight = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
+    continued = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert straight.keys() == continued.keys()
+    for name in straight:
+        assert (straight[name] - continued[name]).abs().max() < 1e-5, name
+
+
+def test_missing_train_data_fails_before_loading_the_model(tiny_phi3_dir, tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(finetune.ConfigError, match=r"train_data: .*no \.jsonl files"):
+        finetune.main(finetune.parse_args(run_args(tiny_phi3_dir, tmp_path, tmp_path / "out", validation=False)))
+
+
+def test_qlora_on_cpu_exits_with_a_clear_message(tiny_llama_dir, chats, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine may run qlora")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # as additional_includes puts chatft beside the script
+    command = [sys.executable, "finetune.py", *run_args(tiny_llama_dir, chats, tmp_path, method="qlora")]
+    result = subprocess.run(command, cwd=COMPONENT_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "finetune: method=qlora needs a CUDA GPU" in result.stderr
+    assert not (tmp_path / "adapter").exists()
