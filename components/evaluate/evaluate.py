@@ -121,9 +121,9 @@ def _samples(chats: list[list[dict]], n: int) -> list[dict]:
 def _generate(model, tokenizer, samples: list[dict], max_new_tokens: int) -> list[str]:
     import torch
 
-    from chatft.model_source import end_of_turn_token_id
+    from chatft.model_source import stop_token_ids
 
-    stop = list(dict.fromkeys([end_of_turn_token_id(tokenizer), tokenizer.eos_token_id]))
+    stop = stop_token_ids(tokenizer, model)  # the same stop ids as the endpoint's score.py
     answers = []
     with torch.inference_mode():
         for sample in samples:

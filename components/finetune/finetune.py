@@ -172,6 +172,7 @@ def build_trainer(args: argparse.Namespace):
         # Renders the same text as the stock template, with {% generation %} around the assistant's tokens.
         tokenizer.chat_template = training_chat_template(tokenizer)
     model = _load_model(args, precision)
+    periodic_eval = validation_data is not None and args.eval_steps > 0
 
     config = SFTConfig(
         output_dir=args.checkpoints,
@@ -198,14 +199,14 @@ def build_trainer(args: argparse.Namespace):
         activation_checkpointing=device == "cuda",
         use_cpu=device == "cpu",  # else bf16 on CPU is refused
         dataloader_pin_memory=device == "cuda",
-        # Bookkeeping: log every step, checkpoint (and evaluate) every save_steps, keep the last two checkpoints.
+        # Bookkeeping: log every step, checkpoint every save_steps (keep two), validate every eval_steps.
         logging_steps=1,
         save_strategy="steps",
         save_steps=args.save_steps,
         save_total_limit=2,
-        eval_strategy="steps" if validation_data is not None else "no",
-        eval_steps=args.save_steps,
-        eval_on_start=validation_data is not None,
+        eval_strategy="steps" if periodic_eval else "no",
+        eval_steps=args.eval_steps if periodic_eval else None,
+        eval_on_start=periodic_eval,
         report_to="none",  # MLflow logging is ours (_step_logger), inside the run the platform set up
     )
     return SFTTrainer(
@@ -378,7 +379,7 @@ def main(args: argparse.Namespace) -> dict:
         model.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
 
-        evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+        evals = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
         metrics = {
             "method": args.method,
             "device": device,
@@ -387,8 +388,8 @@ def main(args: argparse.Namespace) -> dict:
             "resumed_from_step": resumed_step,
             "epoch": trainer.state.epoch,
             "train_loss": result.training_loss,
-            "eval_loss_start": evals[0] if evals else None,
-            "eval_loss_end": evals[-1] if evals else None,
+            "eval_loss_start": evals.get(0),  # None unless validated before training (eval_steps > 0)
+            "eval_loss_end": evals[max(evals)] if evals else None,
             "train_seconds": step_logger.seconds,
             "train_tokens": step_logger.tokens,
             "tokens_per_second": step_logger.tokens / max(step_logger.seconds, 1e-9),

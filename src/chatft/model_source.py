@@ -175,3 +175,14 @@ def end_of_turn_token_id(tokenizer) -> int:
     if ids and ids[0] in tokenizer.all_special_ids + list(tokenizer.added_tokens_decoder):
         return ids[0]
     return tokenizer.eos_token_id
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """Every id that ends a reply: the template's end-of-turn token plus the eos ids tokenizer and model declare."""
+    ids = {end_of_turn_token_id(tokenizer)}
+    for configured in (tokenizer.eos_token_id, model.generation_config.eos_token_id):
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif configured:
+            ids.update(configured)
+    return sorted(ids)

@@ -161,6 +161,7 @@ def test_generation_stops_at_the_end_of_turn_token(tiny_phi3_dir, tiny_llama_dir
     assert tokenizer.convert_ids_to_tokens(end) == "<|end|>" and end != tokenizer.eos_token_id
 
     model = load_causal_lm(tiny_phi3_dir, dtype="fp32").eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id  # as in a checkpoint that lists only its eos
     # An output layer that makes <|end|> the greedy choice at every step.
     head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
     torch.nn.init.zeros_(head.weight)

@@ -225,6 +225,16 @@ def test_dora_and_full_fine_tuning_train_a_step(method, tiny_llama_dir, chats, t
     assert type(AutoModelForCausalLM.from_pretrained(out / "merged_model")).__name__ == "LlamaForCausalLM"
 
 
+def test_without_packing_batches_are_padded_and_the_padding_is_measured(tiny_llama_dir, chats, tmp_path):
+    # Batches of 4 chats of one or two turns: rows of unequal length, padded to the longest.
+    inputs = {"packing": False, "max_steps": 2, "per_device_train_batch_size": 4, "eval_steps": 0}
+    metrics = finetune.main(finetune.parse_args(run_args(tiny_llama_dir, chats, tmp_path, **inputs)))
+    assert metrics["global_step"] == 2
+    assert 0.5 < metrics["real_token_fraction"] < 1.0
+    # eval_steps=0: validated once, after training only.
+    assert metrics["eval_loss_start"] is None and metrics["eval_loss_end"] > 0
+
+
 def test_resume_continues_from_the_last_complete_checkpoint(tiny_phi3_dir, chats, tmp_path, mlflow_store):
     """A run stopped after step 2 and restarted ends where an uninterrupted run ends, weights included."""
     from safetensors.torch import load_file
