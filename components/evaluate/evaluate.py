@@ -27,28 +27,9 @@ class EvalError(ValueError):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags named like the spec's inputs/outputs; types, enums, ranges and defaults come from the spec."""
-    import yaml
+    from chatft.component_cli import spec_arg_parser
 
-    spec = yaml.safe_load(SPEC.read_text(encoding="utf-8"))
-    types = {"integer": int, "number": float, "string": str, "uri_folder": str}
-    parser = argparse.ArgumentParser(description=spec["description"])
-    for name, port in spec["inputs"].items():
-        parser.add_argument(
-            f"--{name}",
-            type=types[port["type"]],
-            choices=port.get("enum"),
-            default=port.get("default"),
-            required="default" not in port and not port.get("optional", False),
-            help=port.get("description"),
-        )
-    for name, port in spec["outputs"].items():
-        parser.add_argument(f"--{name}", required=True, help=port.get("description"))
-    args = parser.parse_args(argv)
-    for name, port in spec["inputs"].items():
-        value = getattr(args, name)
-        if value is not None and (value < port.get("min", value) or value > port.get("max", value)):
-            parser.error(f"--{name} {value} is outside [{port['min']}, {port['max']}] (see {SPEC.name})")
-    return args
+    return spec_arg_parser(SPEC).parse_args(argv)
 
 
 def _load_chats(folder: str) -> list[list[dict]]:
@@ -236,8 +217,8 @@ def main(args: argparse.Namespace) -> dict:
 
     gate = quality_gate(metrics["base"], metrics["tuned"], args.max_perplexity_ratio)
     report = {
-        "base_model": args.base_model,
-        "tuned_model": args.tuned_model,
+        "base_model": str(args.base_model),
+        "tuned_model": str(args.tuned_model),
         "validation_chats": len(chats),
         "metrics": metrics,
         "quality_gate": gate,

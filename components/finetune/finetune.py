@@ -28,39 +28,11 @@ class ConfigError(ValueError):
     """Inputs that cannot work together or on this machine; the message says what to change."""
 
 
-def _parse_bool(text: str) -> bool:
-    # Azure ML renders boolean inputs as True/False.
-    if text.lower() in ("true", "1"):
-        return True
-    if text.lower() in ("false", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags named like the spec's inputs/outputs; types, enums, ranges and defaults come from the spec."""
-    import yaml
+    from chatft.component_cli import spec_arg_parser
 
-    spec = yaml.safe_load(SPEC.read_text(encoding="utf-8"))
-    types = {"integer": int, "number": float, "boolean": _parse_bool, "string": str, "uri_folder": str}
-    parser = argparse.ArgumentParser(description=spec["description"])
-    for name, port in spec["inputs"].items():
-        parser.add_argument(
-            f"--{name}",
-            type=types[port["type"]],
-            choices=port.get("enum"),
-            default=port.get("default"),
-            required="default" not in port and not port.get("optional", False),
-            help=port.get("description"),
-        )
-    for name, port in spec["outputs"].items():
-        parser.add_argument(f"--{name}", required=True, help=port.get("description"))
-    args = parser.parse_args(argv)
-    for name, port in spec["inputs"].items():
-        value = getattr(args, name)
-        if value is not None and (value < port.get("min", value) or value > port.get("max", value)):
-            parser.error(f"--{name} {value} is outside [{port['min']}, {port['max']}] (see {SPEC.name})")
-    return args
+    return spec_arg_parser(SPEC).parse_args(argv)
 
 
 def _resolve_precision(requested: str, device: str) -> str:

@@ -31,6 +31,7 @@ except ModuleNotFoundError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from chatft.chat_format import check_record, parse_line
+from chatft.component_cli import spec_arg_parser
 from chatft.jsonl_io import (
     NoJsonlFilesError,
     atomic_writer,
@@ -63,45 +64,8 @@ class SourceRecords:
     files: list[dict] = field(default_factory=list)
 
 
-def _load_spec() -> dict:
-    import yaml
-
-    return yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
-
-
-def _bounded(convert, spec: dict):
-    """An argparse type that also enforces the spec's min/max, so a direct CLI call is held to the same range."""
-
-    def parse(text: str):
-        value = convert(text)
-        if ("min" in spec and value < spec["min"]) or ("max" in spec and value > spec["max"]):
-            raise argparse.ArgumentTypeError(f"{value} is outside [{spec.get('min')}, {spec.get('max')}]")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    spec = _load_spec()
-    inputs, outputs = spec["inputs"], spec["outputs"]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--raw_data", type=Path, help=inputs["raw_data"]["description"])
-    parser.add_argument("--hf_dataset", help=inputs["hf_dataset"]["description"])
-    parser.add_argument("--hf_split", default=inputs["hf_split"]["default"], help=inputs["hf_split"]["description"])
-    parser.add_argument("--hf_revision", help=inputs["hf_revision"]["description"])
-    fraction = inputs["validation_fraction"]
-    parser.add_argument(
-        "--validation_fraction",
-        type=_bounded(float, fraction),
-        default=fraction["default"],
-        help=fraction["description"],
-    )
-    seed = inputs["seed"]
-    parser.add_argument("--seed", type=_bounded(int, seed), default=seed["default"], help=seed["description"])
-    parser.add_argument("--train_data", type=Path, required=True, help=outputs["train_data"]["description"])
-    parser.add_argument("--validation_data", type=Path, required=True, help=outputs["validation_data"]["description"])
-    parser.add_argument("--split_info", type=Path, required=True, help=outputs["split_info"]["description"])
-    return parser
+    return spec_arg_parser(SPEC_PATH, description=__doc__.split("\n\n")[0])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

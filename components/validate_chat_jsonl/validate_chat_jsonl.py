@@ -37,6 +37,7 @@ from chatft.chat_format import (
     parse_line,
     reference_keys,
 )
+from chatft.component_cli import spec_arg_parser
 from chatft.jsonl_io import NoJsonlFilesError, atomic_writer, is_blank, iter_lines, list_jsonl_files, strip_line_ending
 
 SPEC_PATH = Path(__file__).with_name("component.yml")
@@ -46,48 +47,8 @@ REPORT_MD = "data_report.md"
 SHOWN_PROBLEMS = 20  # problems listed in the report and on the console; the full list is in rejected.jsonl
 
 
-def _load_spec() -> dict:
-    import yaml
-
-    return yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
-
-
-def _bounded(convert, spec: dict):
-    """An argparse type that also enforces the spec's min/max, so a direct CLI call is held to the same range."""
-
-    def parse(text: str):
-        value = convert(text)
-        if ("min" in spec and value < spec["min"]) or ("max" in spec and value > spec["max"]):
-            raise argparse.ArgumentTypeError(f"{value} is outside [{spec.get('min')}, {spec.get('max')}]")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    spec = _load_spec()
-    inputs, outputs = spec["inputs"], spec["outputs"]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input_data", type=Path, required=True, help=inputs["input_data"]["description"])
-    parser.add_argument("--reference_data", type=Path, help=inputs["reference_data"]["description"])
-    max_rejected = inputs["max_rejected_fraction"]
-    parser.add_argument(
-        "--max_rejected_fraction",
-        type=_bounded(float, max_rejected),
-        default=max_rejected["default"],
-        help=max_rejected["description"],
-    )
-    min_valid = inputs["min_valid_records"]
-    parser.add_argument(
-        "--min_valid_records",
-        type=_bounded(int, min_valid),
-        default=min_valid["default"],
-        help=min_valid["description"],
-    )
-    parser.add_argument("--valid_data", type=Path, required=True, help=outputs["valid_data"]["description"])
-    parser.add_argument("--rejected_data", type=Path, required=True, help=outputs["rejected_data"]["description"])
-    parser.add_argument("--data_report", type=Path, required=True, help=outputs["data_report"]["description"])
-    return parser
+    return spec_arg_parser(SPEC_PATH, description=__doc__.split("\n\n")[0])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -127,7 +127,7 @@ def test_parse_args_rejects_values_outside_the_spec_range(capsys):
     base = ["--base_model", "m", "--train_data", "d", "--adapter", "a", "--merged_model", "m2", "--checkpoints", "c"]
     with pytest.raises(SystemExit):
         finetune.parse_args([*base, "--lora_dropout", "0.95"])
-    assert "--lora_dropout 0.95 is outside [0.0, 0.9]" in capsys.readouterr().err
+    assert "argument --lora_dropout: 0.95 is outside [0.0, 0.9] (see component.yml)" in capsys.readouterr().err
     assert finetune.parse_args([*base, "--packing", "False"]).packing is False  # Azure ML's rendering of booleans
 
 
