@@ -127,7 +127,7 @@ class ChatGenerator:
     def __init__(self, model_path: str | os.PathLike):
         import torch
 
-        from chatft.model_source import find_model_dir, load_causal_lm, load_tokenizer
+        from chatft.model_source import find_model_dir, load_causal_lm, load_tokenizer, stop_token_ids
 
         started = time.perf_counter()
         self.model_dir = find_model_dir(model_path)
@@ -137,7 +137,8 @@ class ChatGenerator:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.model = load_causal_lm(self.model_dir, dtype=dtype).to(self.device).eval()
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
-        self.stop_ids = self._end_of_turn_ids()
+        # The template's end-of-turn token (Phi-3's eos_token ends a document, not a turn) plus configured eos ids.
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model)
         logger.info(
             "loaded %s on %s (%s) in %.1f s; stop ids %s",
             self.model_dir,
@@ -146,18 +147,6 @@ class ChatGenerator:
             time.perf_counter() - started,
             self.stop_ids,
         )
-
-    def _end_of_turn_ids(self) -> list[int]:
-        from chatft.model_source import end_of_turn_token_id
-
-        # The template's end-of-turn token (Phi-3's eos_token ends a document, not a turn) plus configured eos ids.
-        ids = {end_of_turn_token_id(self.tokenizer)}
-        for configured in (self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id):
-            if isinstance(configured, int):
-                ids.add(configured)
-            elif configured:
-                ids.update(configured)
-        return sorted(ids)
 
     def reply(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
         import torch
