@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 
+from chatft.local_server import is_our_server, stop_server
 from pipelines.settings import PROJECT_ROOT
 
-LAUNCHER = "serve_local.py"  # the process deploy_endpoint records; a PID running anything else is not ours
-STOP_TIMEOUT_S = 15
 REQUEST_TIMEOUT_S = 300  # a long answer on a CPU: 1024 tokens at ~18 tokens/s is ~60 s for SmolLM2
 
 
@@ -66,28 +63,6 @@ def find_record(home: Path, name: str | None) -> tuple[Path, dict]:
             raise EndpointError(f"several endpoints in {endpoints} ({', '.join(p.stem for p in found)}); pick --name")
         path = found[0]
     return path, json.loads(path.read_text(encoding="utf-8"))
-
-
-def pid_running(pid: int) -> bool:
-    """True for a live process; a zombie (dead, not yet reaped) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return not stat.parent.parent.is_dir()  # no /proc (macOS): trust os.kill
-
-
-def is_our_server(pid: int) -> bool:
-    if not pid_running(pid):
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    return LAUNCHER.encode() in cmdline.read_bytes() if cmdline.is_file() else True
 
 
 def healthy(record: dict) -> bool:
@@ -163,16 +138,7 @@ def chat(record: dict, args: argparse.Namespace) -> int:
 
 def stop(path: Path, record: dict) -> int:
     pid = record["pid"]
-    if is_our_server(pid):
-        # The server is a session leader (deploy_endpoint starts it so): the group is its master and worker.
-        kill = (lambda sig: os.killpg(pid, sig)) if os.getpgid(pid) == pid else (lambda sig: os.kill(pid, sig))
-        kill(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while pid_running(pid):
-            if time.monotonic() > deadline:
-                kill(signal.SIGKILL)
-                break
-            time.sleep(0.1)
+    if stop_server(pid):
         print(f"stopped {path.stem} (pid {pid})")
     else:
         print(f"{path.stem} was not running (pid {pid}); removed its record")

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,16 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from chatft.local_server import LAUNCHER, is_our_server, stop_server
+
 HERE = Path(__file__).resolve().parent
 SCORE_SCRIPT = "score.py"
-LAUNCHER = "serve_local.py"
 INFERENCE_ENVIRONMENT = "azureml:chatft-inference:1"
 # One deployment, updated in place: a re-deploy never needs quota for a second GPU instance (blue/green would).
 DEPLOYMENT_NAME = "main"
 # Azure ML's rule for endpoint names; locally it also keeps the name safe as a file name.
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 STARTUP_TIMEOUT_S = 300  # model load in the worker: ~5 s for SmolLM2 on 2 cores; a 3.8B model on CPU takes minutes
-STOP_TIMEOUT_S = 15
 # Greedy and short: proves the whole chat path works without waiting for a long answer.
 SMOKE_REQUEST = {
     "input_data": {
@@ -97,31 +96,6 @@ def stage_code(dest: Path, with_launcher: bool) -> Path:
 # ---- target=local ------------------------------------------------------------------------------------------------
 
 
-def pid_running(pid: int) -> bool:
-    """True if ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return not stat.parent.parent.is_dir()  # no /proc (macOS): trust os.kill
-
-
-def is_our_server(pid: int) -> bool:
-    """The recorded PID is still our launcher, not an unrelated process that reused the number."""
-    if not pid_running(pid):
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.is_file():
-        return LAUNCHER.encode() in cmdline.read_bytes()
-    return True
-
-
 def healthy(port: int, timeout: float = 2.0) -> bool:
     import requests
 
@@ -129,21 +103,6 @@ def healthy(port: int, timeout: float = 2.0) -> bool:
         return requests.get(f"http://127.0.0.1:{port}/", timeout=timeout).status_code == 200
     except requests.RequestException:
         return False
-
-
-def stop_server(pid: int) -> None:
-    """Stop the server's whole process group (gunicorn master and worker); escalate to SIGKILL if it hangs."""
-    if not is_our_server(pid):
-        return
-    group = os.getpgid(pid) == pid  # started as a session leader, so the group is exactly the server
-    kill = (lambda sig: os.killpg(pid, sig)) if group else (lambda sig: os.kill(pid, sig))
-    kill(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while pid_running(pid):
-        if time.monotonic() > deadline:
-            kill(signal.SIGKILL)
-            break
-        time.sleep(0.1)
 
 
 def port_in_use(port: int) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chatft.local_server import pid_running
+
 REPO = Path(__file__).resolve().parents[2]
 COMPONENT = REPO / "components" / "deploy_endpoint"
 MODEL_INFO = {"name": "chat-ft", "version": "3", "model_uri": "models:/chat-ft/3", "run_id": "r", "tags": {}}
@@ -382,15 +384,6 @@ def world(tmp_path_factory, tiny_llama_dir):
     yield world
     for pid in world.started + ([world.record()["pid"]] if world.record() else []):
         kill_group(pid)
-
-
-def pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.slow
