@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import NamedTuple
 
 import pytest
 
@@ -68,3 +69,37 @@ def tiny_llama_dir(tmp_path_factory):
     from tests.helpers.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"), arch="llama")
+
+
+class MlflowStore(NamedTuple):
+    uri: str
+    client: object  # mlflow.MlflowClient
+    experiment_id: str
+
+
+@pytest.fixture(scope="session")
+def mlflow_db(tmp_path_factory):
+    """One SQLite MLflow store for the whole session: creating its tables takes ~4 s."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root / 'mlflow.db'}", root
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(mlflow_db, request) -> MlflowStore:
+    """An experiment of its own for each test module, in the shared store, artifacts kept under tmp."""
+    from mlflow import MlflowClient
+
+    uri, root = mlflow_db
+    client = MlflowClient(tracking_uri=uri)
+    name = request.module.__name__
+    experiment_id = client.create_experiment(name, artifact_location=(root / name).as_uri())
+    return MlflowStore(uri, client, experiment_id)
+
+
+@pytest.fixture
+def mlflow_env(mlflow_store, monkeypatch) -> MlflowStore:
+    """Every run a component script starts lands in the test store, as the local backend's env vars arrange
+    (never in ./mlruns of the working directory). Use with ``pytestmark = pytest.mark.usefixtures("mlflow_env")``."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", mlflow_store.experiment_id)
+    return mlflow_store

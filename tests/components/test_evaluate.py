@@ -15,6 +15,10 @@ from tests.helpers.chat_data import make_conversations, write_jsonl
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("mlflow_env")
+
+
 def _load_module(name: str, path: Path):
     """Import a script that is not in a package (components are folders, not packages)."""
     spec = importlib.util.spec_from_file_location(name, path)
@@ -29,25 +33,6 @@ finetune = _load_module("component_finetune_for_evaluate", REPO / "components" /
 
 
 @pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    """One SQLite MLflow store for the module (creating its tables takes ~4 s), artifacts kept under tmp."""
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("evaluate-tests", artifact_location=(root / "artifacts").as_uri())
-    return client, uri, experiment_id
-
-
-@pytest.fixture(autouse=True)
-def mlflow_env(mlflow_store, monkeypatch):
-    _, uri, experiment_id = mlflow_store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
-
-
-@pytest.fixture(scope="module")
 def chats(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("chats")
     write_jsonl(root / "train" / "train.jsonl", make_conversations(24))
@@ -59,7 +44,7 @@ def chats(tmp_path_factory) -> Path:
 def tuned(tiny_llama_dir, chats, tmp_path_factory, mlflow_store) -> Path:
     """The tiny Llama after 8 LoRA steps on the train chats: the merged_model output."""
     out = tmp_path_factory.mktemp("finetune")
-    _, uri, experiment_id = mlflow_store
+    uri, _, experiment_id = mlflow_store
     with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse env fixture has not run yet
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
@@ -130,7 +115,7 @@ def test_report_compares_both_models_and_the_gate_passes(tiny_llama_dir, tuned, 
     assert "## Answer 3" in markdown and "**Quality gate: passed**" in markdown
     assert "| next-token accuracy |" in capsys.readouterr().out  # make run shows the table
 
-    client, _, experiment_id = mlflow_store
+    _, client, experiment_id = mlflow_store
     run = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert run.data.metrics["tuned_perplexity"] == pytest.approx(tuned_metrics["perplexity"])
     assert run.data.metrics["quality_gate_passed"] == 1.0

@@ -19,6 +19,10 @@ COMPONENT_DIR = REPO / "components" / "finetune"
 PHI3_TARGETS = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
 
 
+# Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("mlflow_env")
+
+
 def _load_module(name: str, path: Path):
     """Import a script that is not in a package (components are folders, not packages)."""
     spec = importlib.util.spec_from_file_location(name, path)
@@ -29,26 +33,6 @@ def _load_module(name: str, path: Path):
 
 
 finetune = _load_module("component_finetune", COMPONENT_DIR / "finetune.py")
-
-
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    """One SQLite MLflow store for the module (creating its tables takes ~4 s), artifacts kept under tmp."""
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("finetune-tests", artifact_location=(root / "artifacts").as_uri())
-    return client, uri, experiment_id
-
-
-@pytest.fixture(autouse=True)
-def mlflow_env(mlflow_store, monkeypatch):
-    """Every run the script starts lands in the test store, as the local backend's env vars arrange."""
-    _, uri, experiment_id = mlflow_store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +65,7 @@ def run_args(model: Path, chats: Path, out: Path, *, validation: bool = True, **
 
 
 def latest_run(mlflow_store):
-    client, _, experiment_id = mlflow_store
+    _, client, experiment_id = mlflow_store
     return client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
 
 
@@ -163,7 +147,7 @@ def test_lora_on_phi3_writes_an_adapter_and_a_merged_model_that_differs_from_the
     assert (out / "merged_model" / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
 
     run = latest_run(mlflow_store)
-    client = mlflow_store[0]
+    client = mlflow_store.client
     assert run.data.params["method"] == "lora" and run.data.params["precision_used"] == "fp32"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
     assert len(client.get_metric_history(run.info.run_id, "tokens_per_second")) == 4
@@ -253,7 +237,7 @@ def test_resume_continues_from_the_last_complete_checkpoint(tiny_phi3_dir, chats
     resumed = finetune.main(finetune.parse_args(run_args(tiny_phi3_dir, chats, out, validation=False, **same)))
     assert resumed["resumed_from_step"] == 2 and resumed["global_step"] == 4
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    client, run = mlflow_store[0], latest_run(mlflow_store)
+    client, run = mlflow_store.client, latest_run(mlflow_store)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [3, 4]  # only the steps left
     straight = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
     continued = load_file(out / "adapter" / "adapter_model.safetensors")

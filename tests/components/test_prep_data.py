@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 COMPONENT_DIR = REPO / "components" / "prep_data"
 
 
+# Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("mlflow_env")
+
+
 def _load_module(name: str, path: Path):
     """Import a script that is not in a package (components are folders, not packages)."""
     spec = importlib.util.spec_from_file_location(name, path)
@@ -31,29 +35,6 @@ prep_data = _load_module("component_prep_data", COMPONENT_DIR / "prep_data.py")
 def record(i: int) -> bytes:
     messages = [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
     return json.dumps({"messages": messages}).encode()
-
-
-@pytest.fixture(scope="module")
-def mlflow_experiment(tmp_path_factory):
-    """One SQLite MLflow store per session (creating its tables takes ~4 s), found by path from any module."""
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.getbasetemp() / "chatft-data-components-mlflow"
-    root.mkdir(exist_ok=True)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("data-components")
-    if experiment is not None:
-        return uri, client, experiment.experiment_id
-    return uri, client, client.create_experiment("data-components", artifact_location=(root / "artifacts").as_uri())
-
-
-@pytest.fixture(autouse=True)
-def mlflow_experiment_env(mlflow_experiment, monkeypatch):
-    """Every run the script starts lands in the test store (never in ./mlruns of the working directory)."""
-    uri, _, experiment_id = mlflow_experiment
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
 
 
 def run_prep(out: Path, *flags: str) -> tuple[int, list[bytes], list[bytes], dict]:
@@ -297,8 +278,8 @@ def test_hugging_face_dataset_without_messages_column(tmp_path, monkeypatch, cap
     assert "no 'messages' column (columns: text)" in capsys.readouterr().err
 
 
-def test_counts_and_fingerprint_are_logged_to_mlflow(tmp_path, mlflow_experiment, monkeypatch):
-    _, client, experiment_id = mlflow_experiment
+def test_counts_and_fingerprint_are_logged_to_mlflow(tmp_path, mlflow_store, monkeypatch):
+    _, client, experiment_id = mlflow_store
     run_id = client.create_run(experiment_id).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)  # as the local backend does
     write_lines(tmp_path / "raw" / "chats.jsonl", [record(i) for i in range(30)])

@@ -19,6 +19,10 @@ COMPONENT_DIR = REPO / "components" / "validate_chat_jsonl"
 SCRIPT = COMPONENT_DIR / "validate_chat_jsonl.py"
 
 
+# Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("mlflow_env")
+
+
 def _load_module(name: str, path: Path):
     """Import a script that is not in a package (components are folders, not packages)."""
     spec = importlib.util.spec_from_file_location(name, path)
@@ -68,33 +72,10 @@ BAD_LINES = {
 }
 
 
-@pytest.fixture(scope="module")
-def mlflow_experiment(tmp_path_factory):
-    """One SQLite MLflow store per session (creating its tables takes ~4 s), found by path from any module."""
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.getbasetemp() / "chatft-data-components-mlflow"
-    root.mkdir(exist_ok=True)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("data-components")
-    if experiment is not None:
-        return uri, client, experiment.experiment_id
-    return uri, client, client.create_experiment("data-components", artifact_location=(root / "artifacts").as_uri())
-
-
-@pytest.fixture(autouse=True)
-def mlflow_experiment_env(mlflow_experiment, monkeypatch):
-    """Every run the script starts lands in the test store (never in ./mlruns of the working directory)."""
-    uri, _, experiment_id = mlflow_experiment
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
-
-
 @pytest.fixture
-def mlflow_run(mlflow_experiment, monkeypatch):
+def mlflow_run(mlflow_store, monkeypatch):
     """As the local backend does: the step's run exists and MLFLOW_RUN_ID names it (mlflow consumes the variable)."""
-    _, client, experiment_id = mlflow_experiment
+    _, client, experiment_id = mlflow_store
     run_id = client.create_run(experiment_id).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
     return client, run_id
