@@ -7,9 +7,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUTPUT_ROOT ?= outputs
 ARGS ?=
-# Shared code (src/chatft) and the pipelines package, for commands run from the repo root.
-# The local backend strips this for component steps: they get chatft from their snapshot.
-export PYTHONPATH := $(CURDIR)/src:$(CURDIR)
 export CHATFT_HOME := $(abspath $(OUTPUT_ROOT))
 # The local default must never reach a model hub.
 export HF_HUB_OFFLINE ?= 1
@@ -49,7 +46,7 @@ status: install ## Show the local endpoint's state
 
 validate: install ## Check chat JSONL before a run: make validate DATA=path/to/file-or-folder
 	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/file-or-folder"; exit 2; }
-	$(PY) components/validate_chat_jsonl/validate_chat_jsonl.py --input_data "$(DATA)" \
+	MLFLOW_TRACKING_URI=sqlite:///$(CHATFT_HOME)/mlflow.db $(PY) components/validate_chat_jsonl/validate_chat_jsonl.py --input_data "$(DATA)" \
 		--valid_data $(OUTPUT_ROOT)/validate/valid --rejected_data $(OUTPUT_ROOT)/validate/rejected \
 		--data_report $(OUTPUT_ROOT)/validate/report
 
