@@ -30,7 +30,7 @@ except ModuleNotFoundError:
     # a plain `python components/prep_data/prep_data.py` does not, so use the checkout's copy.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from chatft.chat_format import check_record, parse_line
+from chatft.chat_format import line_key
 from chatft.component_cli import spec_arg_parser
 from chatft.jsonl_io import (
     NoJsonlFilesError,
@@ -88,14 +88,27 @@ def read_local_records(path: Path) -> SourceRecords:
 
 
 def load_hf_records(name: str, split: str, revision: str | None) -> SourceRecords:
-    """The dataset's ``messages`` column as JSONL records; other columns (ultrachat's prompt, prompt_id) are dropped."""
+    """The dataset's ``messages`` column as JSONL records; other columns (ultrachat's prompt, prompt_id) are dropped:
+    ultrachat's ``messages`` already opens with the prompt as the first user turn."""
     import datasets
 
-    dataset = datasets.load_dataset(name, split=split, revision=revision)
+    where = f"{name} [{split}]" + (f" at revision {revision}" if revision else "")
+    try:
+        dataset = datasets.load_dataset(name, split=split, revision=revision)
+    except (ConnectionError, FileNotFoundError, ValueError) as exc:  # offline and not cached, no such dataset/split
+        raise PrepError(f"{where}: cannot load it: {type(exc).__name__}: {exc}") from None
     if "messages" not in dataset.column_names:
         raise PrepError(
-            f"{name} [{split}]: no 'messages' column (columns: {', '.join(dataset.column_names)}); "
+            f"{where}: no 'messages' column (columns: {', '.join(dataset.column_names)}); "
             "expected chat data like HuggingFaceH4/ultrachat_200k"
+        )
+    resolved = _resolved_commit(name, dataset)
+    if revision and resolved and _is_commit(revision) and resolved != revision.lower():
+        # Offline, datasets falls back to the newest cached copy whatever its revision: refuse to use another one.
+        raise PrepError(
+            f"{where}: the copy datasets loaded is revision {resolved}, not the pinned {revision} (offline, datasets "
+            "uses whatever revision is cached); load the pinned revision with network access once, or change "
+            "hf_revision"
         )
     records = []
     for messages in dataset.select_columns(["messages"]).to_dict()["messages"]:
@@ -103,8 +116,29 @@ def load_hf_records(name: str, split: str, revision: str | None) -> SourceRecord
             # Arrow gives every message every key seen in the column, absent ones as null: drop those again.
             messages = [_without_nulls(message) for message in messages]
         records.append(json.dumps({"messages": messages}, ensure_ascii=False).encode("utf-8"))
-    description = {"type": "huggingface", "dataset": name, "split": split, "revision": revision}
+    description = {
+        "type": "huggingface",
+        "dataset": name,
+        "split": split,
+        "revision": revision,
+        "resolved_revision": resolved,
+    }
     return SourceRecords(records=records, description=description)
+
+
+def _is_commit(revision: str) -> bool:
+    return len(revision) == 40 and all(char in "0123456789abcdefABCDEF" for char in revision)
+
+
+def _resolved_commit(name: str, dataset) -> str | None:
+    """The Hub commit the loaded data came from, or None (a local dataset folder, or nothing to tell).
+
+    datasets caches a Hub dataset under <namespace>___<name>/<config>/<version>/<commit>/, online and offline alike.
+    """
+    if Path(name).exists() or not dataset.cache_files:
+        return None
+    commit = Path(dataset.cache_files[0]["filename"]).parent.name
+    return commit.lower() if _is_commit(commit) else None
 
 
 def _without_nulls(message: object) -> object:
@@ -115,11 +149,7 @@ def _without_nulls(message: object) -> object:
 
 def count_schema_errors(records: list[bytes]) -> int:
     """Records that validate_chat_jsonl will reject on their own (duplicates and leakage aside): a heads-up only."""
-    count = 0
-    for record in records:
-        value, problem = parse_line(record)
-        count += problem is not None or any(found.is_error for found in check_record(value))
-    return count
+    return sum(line_key(record) is None for record in records)
 
 
 def fingerprint(digests: list[bytes]) -> str:
@@ -228,12 +258,15 @@ def _log_to_mlflow(split_info: dict, split_info_path: Path) -> None:
             }
         )
         mlflow.log_metrics({key: value for key, value in split_info.items() if key in COUNTS})
+        # A tag as well as a param: runs can be searched by it (tags.data_fingerprint = '...') to find what was
+        # trained on the same data.
+        mlflow.set_tag("data_fingerprint", split_info["fingerprint"])
         mlflow.log_artifact(str(split_info_path), artifact_path="split_info")
 
 
 def _describe_hf(source: dict) -> str:
-    revision = f"@{source['revision']}" if source["revision"] else ""
-    return f"{source['dataset']}[{source['split']}]{revision}"
+    revision = source["resolved_revision"] or source["revision"]
+    return f"{source['dataset']}[{source['split']}]" + (f"@{revision}" if revision else "")
 
 
 if __name__ == "__main__":

@@ -7,22 +7,26 @@ A valid conversation: an optional system message first, then user and assistant 
 the user and ending with the assistant. Messages hold ``role`` and non-empty string ``content``, and optionally
 ``name`` and ``weight`` (0 or 1: whether the assistant turn is trained on). Lines and messages are numbered from 1.
 
-Speed: a line is decoded once and parsed once (``json.loads``); everything after is dict/list look-ups. Nothing
-is re-serialised: duplicates and leakage are found by a tuple of (role, content) pairs.
+Speed (``bench/bench_validate.py``): a line is decoded once and parsed once (strict ``json``). The usual record, whose
+messages hold exactly a role and a string content in the expected order, is checked by a fast path that runs its
+loops in C (``map``/``itemgetter``); anything else falls through to the full checks, which find and explain every
+problem. Nothing is re-serialised: duplicates and leakage are found by a 128-bit digest of the contents (for a
+valid conversation the roles follow from the number of messages; see ``ConversationKey``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import itemgetter
 
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = ("role", "content", "name", "weight")
 _EXPECTED_ROLES = "|".join(ROLES)
 _ALLOWED_KEYS = frozenset(MESSAGE_KEYS)
-_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class Severity(StrEnum):
@@ -38,7 +42,11 @@ class Rule:
 
 
 _RULE_LIST = (
-    Rule("invalid_utf8", Severity.ERROR, "the line is not valid UTF-8 (a leading BOM and CRLF line endings are fine)"),
+    Rule(
+        "invalid_utf8",
+        Severity.ERROR,
+        "the line is not valid UTF-8 (a BOM opening the file and CRLF endings are fine)",
+    ),
     Rule("not_json", Severity.ERROR, "the line is not one complete JSON value"),
     Rule("not_object", Severity.ERROR, "the line is JSON but not an object"),
     Rule("messages_missing", Severity.ERROR, 'the object has no "messages" key'),
@@ -61,6 +69,9 @@ _RULE_LIST = (
     Rule("duplicate", Severity.WARNING, "the same conversation already appeared earlier in the input"),
     # An error: a validation record that was also trained on makes every evaluation metric look better than it is.
     Rule("leakage", Severity.ERROR, "the same conversation appears in the reference data (the train split)"),
+    # A warning: training truncates the conversation, which is still worth its first max_seq_length tokens. Needs the
+    # model's tokenizer, so validate_chat_jsonl checks it (see too_long_problem), not ChatValidator.
+    Rule("too_long", Severity.WARNING, "over max_seq_length tokens with the model's chat template: training cuts it"),
 )
 RULES: dict[str, Rule] = {rule.id: rule for rule in _RULE_LIST}
 
@@ -107,21 +118,40 @@ def _json_type(value: object) -> str:
     return "object"
 
 
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
+
+
+# Strict JSON: Python's json module also reads NaN and Infinity, which other JSON readers (and Azure OpenAI) refuse.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+# The decoder without its per-call wrapper (two regex matches and three Python calls, a third of the parse time of
+# a 1 KB line): the same C scanner, on lines that start with the value and end with it or a line ending. Any other
+# line goes through the whole decoder, so both accept exactly the same lines.
+_scan_once = _DECODER.scan_once
+_LINE_ENDINGS = ("\n", "\r\n")
+
+
 def parse_line(line: bytes) -> tuple[object, Problem | None]:
     """Decode and parse one JSONL line: ``(value, None)``, or ``(None, problem)`` when it is not UTF-8 JSON.
 
-    A leading BOM and a ``\\r\\n`` ending are accepted (JSON treats ``\\r`` as whitespace).
+    A ``\\r\\n`` ending is accepted (JSON treats ``\\r`` as whitespace). A byte-order mark is not part of any line:
+    the reader drops the one that may open a file (``jsonl_io.iter_lines``); one at the start of a later line is
+    reported, because it usually comes from joining files and the JSON readers used in training choke on it.
     """
-    if line.startswith(_UTF8_BOM):
-        line = line[len(_UTF8_BOM) :]
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
         bad = line[exc.start : exc.start + 1]
         message = f"byte {exc.start + 1} ({bad!r}) is not valid UTF-8; save the file as UTF-8"
         return None, Problem("invalid_utf8", message)
+    if text.startswith("\ufeff"):
+        message = (
+            "the line starts with a byte-order mark (BOM), which only the first line of a file may have; "
+            "were files joined with cat? Remove the BOM"
+        )
+        return None, Problem("not_json", message)
     try:
-        return json.loads(text), None
+        return _DECODER.decode(text), None
     except json.JSONDecodeError as exc:
         message = f"not valid JSON: {exc.msg} at column {exc.colno}"
         if not line.endswith(b"\n"):
@@ -230,35 +260,136 @@ def _check_order(roles: list[str], problems: list[Problem]) -> None:
         )
 
 
-ConversationKey = tuple[tuple[str, str], ...]
+# What identifies a conversation: the contents of its messages in order. For a valid conversation the roles follow
+# from the number of messages (odd: a system message, then user/assistant pairs), names and weights do not change
+# the text trained on, so two valid conversations are the same exactly when their content tuples are equal. The key
+# is a 128-bit digest of that tuple rather than the tuple itself: it lets the texts be freed as soon as a line is
+# checked (keeping them costs as much memory as the data, and time), and two different conversations share a digest
+# with a probability far below that of a hardware error (about n² / 2^129 for n conversations).
+ConversationKey = bytes
+
+try:
+    from xxhash import xxh3_128_digest as _digest  # ~20 GB/s; a dependency of datasets, pinned in requirements.txt
+except ModuleNotFoundError:  # e.g. the inference image, which imports this module for ROLES only
+
+    def _digest(data: bytes, seed: int = 0) -> bytes:
+        return hashlib.blake2b(data, digest_size=16, salt=seed.to_bytes(16, "little")).digest()
 
 
-def conversation_key(messages: list[dict]) -> ConversationKey:
-    """What makes two conversations the same: their (role, content) pairs in order. Names and weights are ignored
-    (the same text trained on is the same example). Only for messages already checked to be valid."""
-    return tuple((message["role"], message["content"]) for message in messages)
+_role_of = itemgetter("role")
+_content_of = itemgetter("content")
+_isspace = str.isspace
+_EXPECTED_ROLE_LISTS: dict[int, list[str]] = {}
 
 
-def reference_keys(records: Iterable[object]) -> set[ConversationKey]:
-    """Conversation keys of a reference set (parsed lines); records that are not valid enough to key are skipped:
-    they are the reference set's own problem and are reported when that set is validated."""
-    keys: set[ConversationKey] = set()
-    for record in records:
-        if isinstance(record, dict) and not check_record(record):
-            keys.add(conversation_key(record["messages"]))
+def _expected_roles(count: int) -> list[str]:
+    """The roles of a valid conversation of ``count`` messages (cached: a few lengths cover a whole dataset)."""
+    roles = _EXPECTED_ROLE_LISTS.get(count)
+    if roles is None:
+        roles = ["system"] * (count % 2) + ["user", "assistant"] * (count // 2)
+        _EXPECTED_ROLE_LISTS[count] = roles
+    return roles
+
+
+def clean_contents(record: object) -> tuple[str, ...] | None:
+    """Fast path: the contents of a record whose messages are valid and hold exactly ``role`` and ``content``; else
+    None.
+
+    None does not mean invalid, only "not the common case": :func:`check_record` decides. The loops run in C (``map``),
+    which makes the common record about as cheap to check as to parse.
+    """
+    try:
+        messages = record["messages"]
+        count = len(messages)
+        # A role or content missing raises KeyError; a message that is not an object raises TypeError.
+        expected = _EXPECTED_ROLE_LISTS.get(count) or _expected_roles(count)
+        if list(map(_role_of, messages)) != expected or sum(map(len, messages)) != 2 * count:
+            return None
+        contents = tuple(map(_content_of, messages))
+        # all(): none empty. str.isspace raises TypeError on a content that is not a string.
+        if not all(contents) or any(map(_isspace, contents)):
+            return None
+    except (KeyError, TypeError):
+        return None
+    # Checked last, as they are rare: a list or string record, or "messages" as an object or string, can reach here;
+    # so can a lone system message (the expected roles for 1 message), which has no assistant turn.
+    if type(record) is not dict or type(messages) is not list or count < 2:
+        return None
+    return contents
+
+
+def conversation_key(contents: tuple[str, ...]) -> ConversationKey:
+    """The key of a valid conversation, given the contents of its messages (see ``ConversationKey``)."""
+    joined = "\x00".join(contents)
+    # surrogatepass: JSON may escape a lone surrogate ("\ud800"), which strict UTF-8 cannot encode.
+    if joined.count("\x00") == len(contents) - 1:  # the usual case: no NUL inside a content, the joins are unambiguous
+        return _digest(joined.encode("utf-8", "surrogatepass"))
+    # Some content holds NUL characters: prefix each content with its length instead, under another seed, so that
+    # this form and the joined one never meet.
+    parts = (len(part).to_bytes(8, "little") + part.encode("utf-8", "surrogatepass") for part in contents)
+    return _digest(b"".join(parts), seed=1)
+
+
+def line_key(line: bytes) -> ConversationKey | None:
+    """The key of a line that is a valid conversation (duplicates and leakage aside), or None if it has an error."""
+    try:
+        record = _DECODER.decode(line.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    contents = clean_contents(record)
+    if contents is None:
+        if any(problem.is_error for problem in check_record(record)):
+            return None
+        contents = tuple(message["content"] for message in record["messages"])
+    return conversation_key(contents)
+
+
+def reference_keys(lines: Iterable[bytes]) -> set[ConversationKey]:
+    """Conversation keys of a reference set's lines; lines with errors are skipped: they are the reference set's own
+    problem and are reported when that set is validated."""
+    keys = {line_key(line) for line in lines}
+    keys.discard(None)
     return keys
+
+
+def too_long_problem(tokens: int, max_seq_length: int, assistant_cut: int | None, assistant: int | None) -> Problem:
+    """The ``too_long`` warning: how long, by how much, and how much of what the model learns from is lost
+    (``assistant_cut`` of the conversation's ``assistant`` tokens; None when they cannot be told apart)."""
+    message = (
+        f"{tokens} tokens with the chat template, more than max_seq_length {max_seq_length}: "
+        f"training cuts the last {tokens - max_seq_length}"
+    )
+    if assistant_cut is not None and assistant and assistant_cut >= assistant:
+        message += ", every assistant token among them: nothing of this conversation is trained"
+    elif assistant_cut is not None:
+        message += f" ({assistant_cut} of them assistant tokens)"
+    return Problem("too_long", message)
 
 
 @dataclass(frozen=True, slots=True)
 class LineCheck:
-    """The verdict on one line. ``messages`` is the number of messages when the line parsed to a valid record."""
+    """The verdict on one line. ``messages`` is the number of messages when the line is an accepted record."""
 
-    problems: list[Problem]
+    problems: tuple[Problem, ...]
     messages: int | None = None
+    accepted: bool = False
 
-    @property
-    def accepted(self) -> bool:
-        return not any(problem.is_error for problem in self.problems)
+    @classmethod
+    def of(cls, problems: Iterable[Problem], messages: int | None = None) -> LineCheck:
+        problems = tuple(problems)
+        accepted = not any(problem.is_error for problem in problems)
+        return cls(problems, messages if accepted else None, accepted)
+
+
+_CLEAN_CHECKS: dict[int, LineCheck] = {}
+
+
+def _clean_check(messages: int) -> LineCheck:
+    """The (immutable, shared) verdict on an accepted line without problems."""
+    check = _CLEAN_CHECKS.get(messages)
+    if check is None:
+        check = _CLEAN_CHECKS[messages] = LineCheck((), messages, True)
+    return check
 
 
 @dataclass
@@ -273,19 +404,30 @@ class ChatValidator:
     _first_seen: dict[ConversationKey, tuple[str, int]] = field(default_factory=dict, repr=False)
 
     def check_line(self, line: bytes, source: str, line_number: int) -> LineCheck:
-        record, problem = parse_line(line)
-        if problem is not None:
-            return LineCheck([problem])
-        problems = check_record(record)
-        if any(problem.is_error for problem in problems):
-            return LineCheck(problems)
-        messages = record["messages"]
-        key = conversation_key(messages)
-        if key in self.reference:
-            problems.append(Problem("leakage", "the same conversation is in the reference data; remove it from one"))
-        else:
-            # Only accepted records count as first occurrences: a rejected copy must not make a later one a duplicate.
-            first = self._first_seen.setdefault(key, (source, line_number))
-            if first != (source, line_number):
-                problems.append(Problem("duplicate", f"exact duplicate of the conversation at {first[0]}:{first[1]}"))
-        return LineCheck(problems, len(messages))
+        """Check one line as read from the file (with its line ending; without the BOM that may open the file)."""
+        try:
+            text = line.decode("utf-8")
+            record, end = _scan_once(text, 0)
+            if end != len(text) and text[end:] not in _LINE_ENDINGS:
+                record = _DECODER.decode(text)  # trailing whitespace is fine, anything else raises
+        except (ValueError, StopIteration, RecursionError):  # UnicodeDecodeError, JSONDecodeError are ValueErrors
+            record, problem = parse_line(line)  # leading whitespace is fine too; or say exactly what is wrong
+            if problem is not None:
+                return LineCheck.of([problem])
+        contents = clean_contents(record)
+        if contents is None:
+            problems = check_record(record)
+            if any(problem.is_error for problem in problems):
+                return LineCheck.of(problems)
+            contents = tuple(message["content"] for message in record["messages"])
+        key = conversation_key(contents)
+        if self.reference and key in self.reference:
+            leak = Problem("leakage", "the same conversation is in the reference data; remove it from one")
+            return LineCheck.of([leak])
+        # Only accepted records count as first occurrences: a rejected copy must not make a later one a duplicate.
+        here = (source, line_number)
+        first = self._first_seen.setdefault(key, here)
+        if first is here:
+            return _CLEAN_CHECKS.get(len(contents)) or _clean_check(len(contents))
+        duplicate = Problem("duplicate", f"exact duplicate of the conversation at {first[0]}:{first[1]}")
+        return LineCheck.of([duplicate], len(contents))

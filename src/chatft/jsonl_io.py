@@ -7,6 +7,7 @@ its accepted lines byte-for-byte, and prep_data carries even unparsable lines in
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -100,6 +101,59 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+class RangeCopier:
+    """Appends byte ranges of a source file to an open output file: the way the validator writes accepted lines.
+
+    Accepted lines come in long runs, and copying a run is cheaper than writing its lines one by one. On Linux the
+    kernel copies (``os.copy_file_range``); where it cannot (another OS, or file systems it will not copy between,
+    such as some network mounts) the range is read and written in chunks. Use as a context manager.
+    """
+
+    _CHUNK = 1 << 20
+    # Errors that mean "the kernel will not copy between these two files", not that the files are bad: another file
+    # system (EXDEV), no support (ENOSYS, EOPNOTSUPP, EINVAL), a target opened for appending (EBADF).
+    _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF}
+
+    def __init__(self, source: str | os.PathLike, target: BinaryIO):
+        self._source = open(source, "rb")  # noqa: SIM115 (closed in close(): the copier lives across a loop)
+        self._target = target
+        self._kernel_copy = hasattr(os, "copy_file_range")
+
+    def copy(self, start: int, end: int) -> None:
+        """Append bytes ``start`` to ``end`` (exclusive) of the source to the target."""
+        if start >= end:
+            return
+        self._target.flush()  # what was written through the handle goes first
+        if self._kernel_copy:
+            try:
+                while start < end:
+                    copied = os.copy_file_range(self._source.fileno(), self._target.fileno(), end - start, start)
+                    if copied == 0:
+                        raise OSError(errno.EIO, f"{self._source.name}: file ended at byte {start}, expected {end}")
+                    start += copied
+                return
+            except OSError as exc:
+                if exc.errno not in self._NO_KERNEL_COPY:
+                    raise
+                self._kernel_copy = False  # and copy the rest (from start on) through user space
+        self._source.seek(start)
+        while start < end:
+            chunk = self._source.read(min(end - start, self._CHUNK))
+            if not chunk:
+                raise OSError(errno.EIO, f"{self._source.name}: file ended at byte {start}, expected {end}")
+            self._target.write(chunk)
+            start += len(chunk)
+
+    def close(self) -> None:
+        self._source.close()
+
+    def __enter__(self) -> RangeCopier:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def write_jsonl_atomic(path: str | os.PathLike, lines: Iterable[bytes]) -> int:

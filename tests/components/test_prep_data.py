@@ -263,7 +263,94 @@ def test_hugging_face_dataset_offline(tmp_path, monkeypatch):
         "dataset": str(folder),
         "split": "train_sft[:50%]",
         "revision": None,
+        "resolved_revision": None,  # a local folder has no Hub commit
     }
+
+
+HUB_NAME = "HuggingFaceH4/ultrachat_200k"
+PINNED = "0123456789abcdef0123456789abcdef01234567"  # a made-up commit id
+
+
+def _hub_cache(tmp_path: Path, monkeypatch, commit: str = PINNED) -> list[dict]:
+    """The datasets cache as ``load_dataset(HUB_NAME, revision=commit)`` leaves it after a download, offline.
+
+    datasets keeps a Hub dataset under <cache>/HuggingFaceH4___ultrachat_200k/default/0.0.0/<commit>/ and, with
+    HF_HUB_OFFLINE=1, loads it from there. The folder is written by datasets' own parquet builder (the Hub serves
+    ultrachat_200k as parquet) from local files laid out like the real repository, then moved under the Hub name.
+    """
+    import datasets
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    folder, rows = _ultrachat_like(tmp_path)
+    cache = tmp_path / "hf_cache"
+    data_files = {split: str(folder / "data" / f"{split}-*.parquet") for split in ("train_sft", "test_sft")}
+    builder = Parquet(
+        cache_dir=str(cache), dataset_name="ultrachat_200k", hash=commit, config_id="default", data_files=data_files
+    )
+    builder.download_and_prepare()
+    (cache / "ultrachat_200k").rename(cache / "HuggingFaceH4___ultrachat_200k")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    return rows
+
+
+def test_hub_dataset_at_a_pinned_revision_offline(tmp_path, monkeypatch):
+    rows = _hub_cache(tmp_path, monkeypatch)
+    flags = ("--hf_dataset", HUB_NAME, "--hf_split", "train_sft[:50%]", "--hf_revision", PINNED)
+
+    exit_code, train, validation, info = run_prep(tmp_path / "out", *flags)
+    again = run_prep(tmp_path / "again", *flags)
+
+    assert exit_code == 0
+    assert (len(train), len(validation)) == (16, 4)
+    written = sorted(json.loads(line)["messages"][0]["content"] for line in train + validation)
+    assert written == sorted(row["prompt"] for row in rows[:20])  # ultrachat's prompt opens its messages
+    assert all(set(json.loads(line)) == {"messages"} for line in train + validation)  # prompt, prompt_id dropped
+    assert info["source"] == {
+        "type": "huggingface",
+        "dataset": HUB_NAME,
+        "split": "train_sft[:50%]",
+        "revision": PINNED,
+        "resolved_revision": PINNED,
+    }
+    assert again[1:] == (train, validation, info)  # same revision, seed and fraction: same bytes, same fingerprint
+
+
+def test_branch_revision_records_the_commit_it_resolved_to(tmp_path, monkeypatch):
+    _hub_cache(tmp_path, monkeypatch)
+
+    _, _, _, info = run_prep(
+        tmp_path / "out", "--hf_dataset", HUB_NAME, "--hf_split", "test_sft", "--hf_revision", "main"
+    )
+
+    assert (info["source"]["revision"], info["source"]["resolved_revision"]) == ("main", PINNED)
+
+
+def test_a_cached_copy_of_another_revision_is_refused(tmp_path, monkeypatch, capsys):
+    # Offline, datasets takes whatever revision is cached; a pinned commit must not silently become another one.
+    _hub_cache(tmp_path, monkeypatch, commit="f" * 40)
+
+    exit_code = run_prep(
+        tmp_path / "out", "--hf_dataset", HUB_NAME, "--hf_split", "train_sft", "--hf_revision", PINNED
+    )[0]
+
+    assert exit_code == 2
+    err = capsys.readouterr().err
+    assert f"the copy datasets loaded is revision {'f' * 40}, not the pinned {PINNED}" in err
+    assert not (tmp_path / "out" / "train").exists()
+
+
+def test_a_hub_dataset_that_is_not_cached_offline_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "empty_cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+    exit_code = run_prep(tmp_path / "out", "--hf_dataset", HUB_NAME, "--hf_revision", PINNED)[0]
+
+    assert exit_code == 2
+    err = capsys.readouterr().err
+    assert f"prep_data: error: {HUB_NAME} [train_sft[:1%]] at revision {PINNED}: cannot load it:" in err
 
 
 def test_hugging_face_dataset_without_messages_column(tmp_path, monkeypatch, capsys):
@@ -289,6 +376,7 @@ def test_counts_and_fingerprint_are_logged_to_mlflow(tmp_path, mlflow_store, mon
     run = client.get_run(run_id)
     assert run.data.metrics["train_records"] == 24 and run.data.metrics["validation_records"] == 6
     assert run.data.params["data_fingerprint"] == info["fingerprint"]
+    assert run.data.tags["data_fingerprint"] == info["fingerprint"]
     assert run.data.params["seed"] == "42"
     assert [artifact.path for artifact in client.list_artifacts(run_id, "split_info")] == ["split_info/split_info.json"]
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
+import random
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers.chat_data import make_conversations, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENT_DIR = REPO / "components" / "validate_chat_jsonl"
@@ -102,7 +107,11 @@ def run_validator(tmp_path: Path, input_data: Path, *flags: str) -> Result:
     )  # fmt: skip
     exit_code = validate_chat_jsonl.main(args)
     report = json.loads((out / "report" / "data_report.json").read_text())
-    assert (out / "report" / "data_report.md").read_text().startswith("# Data report")
+    markdown = (out / "report" / "data_report.md").read_text()
+    assert markdown.startswith("# Data report")
+    if report["records_valid"]:
+        assert (out / "report" / "messages_per_conversation.png").read_bytes().startswith(b"\x89PNG")
+        assert "](messages_per_conversation.png)" in markdown
     valid = {p.relative_to(out / "valid").as_posix(): p.read_bytes() for p in (out / "valid").rglob("*.jsonl")}
     rejected_text = (out / "rejected" / "rejected.jsonl").read_text(encoding="utf-8")
     rejected = [json.loads(entry) for entry in rejected_text.splitlines()]
@@ -112,6 +121,13 @@ def run_validator(tmp_path: Path, input_data: Path, *flags: str) -> Result:
     assert report["records_valid"] == valid_lines
     assert report["records_rejected"] == len(rejected)
     assert report["records_in"] == sum(f["records_in"] for f in report["files"])
+    for counts in report["files"]:
+        assert counts["records_in"] == counts["records_valid"] + counts["records_rejected"]
+    # ... and every input line is accounted for once: a valid line, a rejected line or a skipped blank line.
+    inputs = [input_data] if input_data.is_file() else sorted(input_data.rglob("*.jsonl"))
+    contents = [path.read_bytes() for path in inputs if ".ipynb" not in str(path)]
+    input_lines = sum(data.count(b"\n") + (not data.endswith(b"\n") and bool(data)) for data in contents)
+    assert input_lines == report["records_in"] + report["blank_lines_skipped"]
     return Result(exit_code, report, valid, rejected)
 
 
@@ -143,6 +159,9 @@ def test_mixed_file_keeps_good_lines_byte_for_byte_and_rejects_each_rule(tmp_pat
         assert lines[line_number - 1].decode("utf-8", "backslashreplace").rstrip("\r\n") == entry["text"]
     rule_counts = {rule: info["records"] for rule, info in result.report["rules"].items()}
     assert rule_counts == {**dict.fromkeys(rule_counts, 0), **dict.fromkeys(BAD_LINES, 1)}
+    # Every rule has a crafted file in this module: the error rules here, duplicate and leakage in
+    # test_leakage_from_reference_and_duplicates, too_long in the token counting tests.
+    assert set(BAD_LINES) | {"duplicate", "leakage", "too_long"} == set(validate_chat_jsonl.RULES)
     bot_line = lines.index(BAD_LINES["unknown_role"]) + 1
     message = f'train.jsonl:{bot_line}: message 2 has role "bot"; expected system|user|assistant'
     assert message in result.report["first_errors"]
@@ -253,7 +272,10 @@ def test_leakage_from_reference_and_duplicates(tmp_path):
 
     assert result.exit_code == 0
     assert [(entry["line"], entry["rule"]) for entry in result.rejected] == [(11, "leakage"), (13, "leakage")]
-    assert result.report["rules"]["duplicate"] == {"severity": "warning", "records": 1}
+    assert (result.report["rules"]["duplicate"]["severity"], result.report["rules"]["duplicate"]["records"]) == (
+        "warning",
+        1,
+    )
     assert result.report["records_with_warnings"] == 1
     assert result.report["first_warnings"] == [
         "validation.jsonl:12: exact duplicate of the conversation at validation.jsonl:1"
@@ -272,6 +294,285 @@ def test_folder_keeps_relative_names_and_skips_hidden_files(tmp_path):
     assert result.exit_code == 0
     assert sorted(result.valid) == ["b.jsonl", "sub/a.jsonl"]
     assert [f["name"] for f in result.report["files"]] == ["b.jsonl", "sub/a.jsonl"]
+
+
+def test_everything_at_once_bom_crlf_blank_lines_bad_lines_and_a_truncated_last_line(tmp_path):
+    """One file with what real exports have: a BOM, CRLF endings, a blank line, good and bad lines interleaved,
+    and a last line cut off mid-record."""
+    good_lines = [good(i).replace(b"\n", b"\r\n") if i % 2 else good(i) for i in range(12)]
+    bad_rules = list(BAD_LINES)[:6]
+    lines = []
+    for i, line in enumerate(good_lines):
+        lines.append(line)
+        if i < len(bad_rules):
+            lines.append(BAD_LINES[bad_rules[i]])
+        if i == 8:
+            lines.append(b"\r\n")
+    truncated = good(99)[:30]
+    input_file = write(tmp_path / "in" / "export.jsonl", b"\xef\xbb\xbf", *lines, truncated)
+
+    result = run_validator(tmp_path, input_file, "--max_rejected_fraction", "0.5")
+
+    assert result.exit_code == 0
+    assert result.valid == {"export.jsonl": b"".join(good_lines)}  # byte-for-byte, CRLF kept, BOM not carried
+    assert [entry["rule"] for entry in result.rejected] == [*bad_rules, "not_json"]
+    assert result.rejected[-1]["line"] == len(lines) + 1 and "truncated" in result.rejected[-1]["message"]
+    assert (result.report["records_in"], result.report["blank_lines_skipped"]) == (19, 1)
+
+
+def test_a_bom_inside_the_file_is_rejected_with_the_reason(tmp_path):
+    # Two files joined with cat, the second saved with a BOM: JSON readers in training fail on that line.
+    bom = b"\xef\xbb\xbf"
+    input_file = write(tmp_path / "in" / "joined.jsonl", bom, *(good(i) for i in range(10)), bom, good(10))
+
+    result = run_validator(tmp_path, input_file, "--max_rejected_fraction", "0.1")
+
+    [entry] = result.rejected
+    assert (entry["line"], entry["rule"]) == (11, "not_json")
+    assert "byte-order mark" in entry["message"]
+    assert result.valid["joined.jsonl"] == b"".join(good(i) for i in range(10))
+
+
+@pytest.mark.parametrize("kernel_copy", ["refused", "missing"])
+def test_outputs_are_the_same_without_kernel_copy(tmp_path, monkeypatch, kernel_copy):
+    """Accepted runs are copied with os.copy_file_range; where the kernel refuses (a mount it cannot copy between) or
+    the OS has none (macOS), the user-space copy must give the same bytes."""
+    lines = [good(i) if i % 3 else good(i).replace(b"\n", b"\r\n") for i in range(30)]
+    lines[7] = BAD_LINES["unknown_role"]
+    lines[8] = b"\n"
+    lines[29] = lines[29].rstrip(b"\r\n")
+    input_file = write(tmp_path / "in" / "train.jsonl", *lines)
+    kernel = run_validator(tmp_path / "kernel", input_file, "--max_rejected_fraction", "0.1")
+
+    if kernel_copy == "refused":
+
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    else:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    user_space = run_validator(tmp_path / "user", input_file, "--max_rejected_fraction", "0.1")
+
+    assert user_space.valid == kernel.valid
+    expected = b"".join(line for i, line in enumerate(lines) if i not in (7, 8))
+    assert kernel.valid == {"train.jsonl": expected + b"\n"}
+
+
+def test_binary_garbage_is_rejected_line_by_line_without_crashing(tmp_path, capsys):
+    garbage = random.Random(0).randbytes(20_000)  # ~78 newlines: ~79 "records"
+    input_file = write(tmp_path / "in" / "model.jsonl", garbage)
+
+    result = run_validator(tmp_path, input_file)
+
+    assert result.exit_code == 1
+    assert result.report["records_valid"] == 0 and result.report["records_rejected"] > 10
+    assert {entry["rule"] for entry in result.rejected} <= {"invalid_utf8", "not_json"}
+    assert "failed:" in capsys.readouterr().err
+
+
+# Token counting. The tiny models have a real chat template (SmolLM2's ChatML, Phi-3's) and a small BPE vocabulary.
+MAX_SEQ_LENGTH = 64  # the smallest the spec allows; most test chats are shorter, the three padded ones longer
+
+
+def token_chats() -> list[dict]:
+    chats = make_conversations(30, seed=3)
+    for k in (0, 1, 2):  # three long replies
+        chats[k * 10]["messages"][-1]["content"] += " check the router settings page" * (8 * (k + 1))
+    return chats
+
+
+def expected_token_counts(model_dir: Path, chats: list[dict], limit: int) -> dict:
+    """Counted one conversation at a time, without the component's batching, as TRL tokenizes each example."""
+    from chatft.model_source import load_tokenizer, training_chat_template
+
+    tokenizer = load_tokenizer(model_dir)
+    tokenizer.chat_template = training_chat_template(tokenizer)
+    lengths, assistant, trained = [], 0, 0
+    for chat in chats:
+        out = tokenizer.apply_chat_template(
+            chat["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        lengths.append(len(out["input_ids"]))
+        assistant += sum(out["assistant_masks"])
+        trained += sum(out["assistant_masks"][:limit])
+    return {
+        "lengths": lengths,
+        "total": sum(lengths),
+        "assistant": assistant,
+        "trained_per_epoch": trained,
+        "processed_per_epoch": sum(min(length, limit) for length in lengths),
+    }
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_tokens_are_counted_with_the_chat_template_and_long_chats_warned(tmp_path, request, arch, monkeypatch):
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    monkeypatch.setattr(validate_chat_jsonl, "TOKEN_BATCH", 7)  # several batches and a partial last one
+    chats = token_chats()
+    input_file = write_jsonl(tmp_path / "in" / "train.jsonl", chats)
+    expected = expected_token_counts(model_dir, chats, MAX_SEQ_LENGTH)
+    too_long = [number for number, length in enumerate(expected["lengths"], start=1) if length > MAX_SEQ_LENGTH]
+    assert 0 < len(too_long) < len(chats)  # the test data has both kinds
+
+    flags = ("--base_model", str(model_dir), "--max_seq_length", str(MAX_SEQ_LENGTH))
+    result = run_validator(tmp_path, input_file, *flags)
+
+    assert result.exit_code == 0
+    tokens = result.report["tokens"]
+    assert tokens["counted_with"] == model_dir.name
+    for key in ("total", "assistant", "trained_per_epoch", "processed_per_epoch"):
+        assert tokens[key] == expected[key], key
+    assert tokens["assistant_only_loss"] is True
+    assert tokens["max_seq_length"] == MAX_SEQ_LENGTH
+    assert tokens["records_too_long"] == len(too_long) == result.report["rules"]["too_long"]["records"]
+    assert tokens["tokens_cut"] == sum(length - MAX_SEQ_LENGTH for length in expected["lengths"] if length > 64)
+    assert tokens["per_conversation"]["max"] == max(expected["lengths"])
+    # Warnings keep the record: every line is valid, and each long one is named with what training cuts.
+    assert result.report["records_valid"] == len(chats) and result.report["records_with_warnings"] == len(too_long)
+    warned = [int(w.split(":")[1]) for w in result.report["first_warnings"]]
+    assert warned == too_long
+    first = result.report["first_warnings"][0]
+    assert re.fullmatch(
+        rf"train\.jsonl:{too_long[0]}: {expected['lengths'][too_long[0] - 1]} tokens with the chat template, more "
+        rf"than max_seq_length 64: training cuts the last \d+ \(\d+ of them assistant tokens\)",
+        first,
+    ), first
+    report_dir = tmp_path / "out" / "report"
+    assert (report_dir / "token_lengths.png").read_bytes().startswith(b"\x89PNG")
+    markdown = (report_dir / "data_report.md").read_text()
+    assert f"**{tokens['trained_per_epoch']}**" in markdown and "](token_lengths.png)" in markdown
+
+
+def test_trained_tokens_per_epoch_are_what_trl_trains_on(tmp_path, tiny_llama_dir):
+    """The report's trained_per_epoch and processed_per_epoch against TRL's own prepared dataset, configured as
+    components/finetune configures it (packing best-fit, assistant-only loss, max_length)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from chatft.model_source import load_causal_lm, load_tokenizer, training_chat_template
+
+    chats = token_chats()
+    input_file = write_jsonl(tmp_path / "in" / "train.jsonl", chats)
+    flags = ("--base_model", str(tiny_llama_dir), "--max_seq_length", str(MAX_SEQ_LENGTH))
+    tokens = run_validator(tmp_path, input_file, *flags).report["tokens"]
+
+    tokenizer = load_tokenizer(tiny_llama_dir)
+    tokenizer.chat_template = training_chat_template(tokenizer)
+    config = SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        max_length=MAX_SEQ_LENGTH,
+        packing=True,
+        packing_strategy="bfd",
+        assistant_only_loss=True,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+    )
+    trainer = SFTTrainer(
+        model=load_causal_lm(tiny_llama_dir),
+        args=config,
+        train_dataset=Dataset.from_list(chats),
+        processing_class=tokenizer,
+    )
+    prepared = trainer.train_dataset
+    assert tokens["processed_per_epoch"] == sum(len(ids) for ids in prepared["input_ids"])
+    assert tokens["trained_per_epoch"] == sum(label != -100 for labels in prepared["labels"] for label in labels)
+
+
+def test_without_a_tokenizer_the_token_section_is_empty_but_present(tmp_path):
+    input_file = write(tmp_path / "in" / "train.jsonl", *(good(i) for i in range(10)))
+
+    report = run_validator(tmp_path, input_file).report
+
+    assert report["tokens"]["counted_with"] is None
+    for key in ("total", "assistant", "trained_per_epoch"):
+        assert report["tokens"][key] is None
+    assert not (tmp_path / "out" / "report" / "token_lengths.png").exists()
+    assert "Not counted: pass base_model" in (tmp_path / "out" / "report" / "data_report.md").read_text()
+
+
+@pytest.mark.parametrize("model", ["empty_folder", "no_chat_template"])
+def test_a_model_without_a_usable_tokenizer_exits_2_and_writes_nothing(tmp_path, capsys, tiny_llama_dir, model):
+    model_dir = tmp_path / "model"
+    if model == "empty_folder":
+        model_dir.mkdir()
+    else:
+        shutil.copytree(tiny_llama_dir, model_dir)
+        for name in ("chat_template.jinja", "tokenizer_config.json"):
+            (model_dir / name).unlink(missing_ok=True)
+    input_file = write(tmp_path / "in" / "train.jsonl", *(good(i) for i in range(10)))
+    args = validate_chat_jsonl.parse_args(
+        ["--input_data", str(input_file), "--base_model", str(model_dir)]
+        + [f"--{name}={tmp_path / name}" for name in ("valid_data", "rejected_data", "data_report")]
+    )
+
+    assert validate_chat_jsonl.main(args) == 2
+
+    err = capsys.readouterr().err
+    assert re.search(r"validate_chat_jsonl: error: base_model: .*(cannot load a tokenizer|no chat template)", err), err
+    assert not list(tmp_path.glob("*_data/*")) and not (tmp_path / "data_report").exists()
+
+
+# Templates TRL has no training variant of: one without {% generation %} markers, one that refuses system messages
+# (as some models' templates do).
+PLAIN_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+)
+
+
+def _model_with_template(tmp_path: Path, tiny_llama_dir: Path, template: str) -> Path:
+    model_dir = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    (model_dir / "chat_template.jinja").write_text(template)
+    return model_dir
+
+
+def test_without_generation_markers_every_token_counts_as_trained(tmp_path, tiny_llama_dir, capsys):
+    model_dir = _model_with_template(tmp_path, tiny_llama_dir, PLAIN_TEMPLATE)
+    input_file = write_jsonl(tmp_path / "in" / "train.jsonl", token_chats())
+
+    result = run_validator(tmp_path, input_file, "--base_model", str(model_dir), "--max_seq_length", "64")
+
+    tokens = result.report["tokens"]
+    assert (tokens["assistant_only_loss"], tokens["assistant"]) == (False, None)
+    assert tokens["trained_per_epoch"] == tokens["processed_per_epoch"] < tokens["total"]
+    assert "warning: assistant tokens are not counted" in capsys.readouterr().out
+    assert all(w.endswith(f"training cuts the last {int(w.split()[1]) - 64}") for w in result.report["first_warnings"])
+
+
+def test_a_chat_template_that_refuses_a_conversation_names_the_line(tmp_path, tiny_llama_dir, capsys):
+    model_dir = _model_with_template(tmp_path, tiny_llama_dir, NO_SYSTEM_TEMPLATE)
+    chats = [{"messages": [USER, ASSISTANT]}] * 3 + [{"messages": [SYSTEM, USER, ASSISTANT]}]
+    input_file = write_jsonl(tmp_path / "in" / "train.jsonl", chats)
+    args = validate_chat_jsonl.parse_args(
+        ["--input_data", str(input_file), "--base_model", str(model_dir)]
+        + [f"--{name}={tmp_path / name}" for name in ("valid_data", "rejected_data", "data_report")]
+    )
+
+    assert validate_chat_jsonl.main(args) == 2
+
+    err = capsys.readouterr().err
+    assert "train.jsonl:4: the chat template of model fails on this conversation" in err
+    assert "System role not supported" in err
+    assert not (tmp_path / "data_report" / "data_report.json").exists()  # the step failed: no report says otherwise
+
+
+def test_tokens_are_logged_to_mlflow(tmp_path, mlflow_run, tiny_llama_dir):
+    client, run_id = mlflow_run
+    input_file = write_jsonl(tmp_path / "in" / "train.jsonl", token_chats())
+
+    flags = ("--base_model", str(tiny_llama_dir), "--max_seq_length", str(MAX_SEQ_LENGTH))
+    tokens = run_validator(tmp_path, input_file, *flags).report["tokens"]
+
+    run = client.get_run(run_id)
+    assert run.data.metrics["tokens_trained_per_epoch"] == tokens["trained_per_epoch"]
+    assert run.data.metrics["tokens_total"] == tokens["total"]
+    assert run.data.metrics["rule_too_long"] == tokens["records_too_long"]
+    assert run.data.params["tokens_counted_with"] == tiny_llama_dir.name
+    logged = {artifact.path for artifact in client.list_artifacts(run_id, "data_report")}
+    assert "data_report/token_lengths.png" in logged
 
 
 @pytest.mark.parametrize(
@@ -320,7 +621,12 @@ def test_counts_and_report_are_logged_to_mlflow(tmp_path, mlflow_run):
     assert run.data.metrics["rule_unknown_role"] == 1
     assert run.data.params["max_rejected_fraction"] == "0.5"
     logged = {artifact.path for artifact in client.list_artifacts(run_id, "data_report")}
-    assert logged == {"data_report/data_report.json", "data_report/data_report.md"}
+    assert logged == {
+        "data_report/data_report.json",
+        "data_report/data_report.md",
+        "data_report/messages_per_conversation.png",
+    }
+    assert not any(name.startswith("tokens_") for name in run.data.metrics)  # no tokenizer, no token metrics
 
 
 def test_standalone_cli_on_the_sample_data(tmp_path):
@@ -342,6 +648,46 @@ def test_standalone_cli_on_the_sample_data(tmp_path):
     assert (tmp_path / "v" / "support_chats.jsonl").read_bytes() == sample.read_bytes()
 
 
+def run_cli(tmp_path: Path, input_data: str | Path, *flags: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return subprocess.run(
+        [
+            sys.executable, str(SCRIPT),
+            "--input_data", str(input_data),
+            "--valid_data", str(tmp_path / "v"),
+            "--rejected_data", str(tmp_path / "r"),
+            "--data_report", str(tmp_path / "rep"),
+            *flags,
+        ],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_standalone_cli_exit_codes_and_no_tracebacks(tmp_path):
+    """The contract for users checking files before a run: 0 passed, 1 thresholds exceeded, 2 unusable input,
+    and a message, never a traceback."""
+    broken = write(tmp_path / "in" / "broken.jsonl", *(good(i) for i in range(9)), BAD_LINES["weight_invalid"])
+    failed = run_cli(tmp_path / "failed", broken)
+    assert failed.returncode == 1
+    assert "broken.jsonl:10: message 2 has weight 0.5; expected 0 or 1" in failed.stderr
+    assert "1 of 10 records rejected (10.0%), more than max_rejected_fraction 0.01" in failed.stderr
+
+    passed = run_cli(tmp_path / "passed", broken, "--max_rejected_fraction", "0.1", "--min_valid_records", "9")
+    assert passed.returncode == 0, passed.stderr
+
+    missing = run_cli(tmp_path / "missing", tmp_path / "nowhere")
+    assert missing.returncode == 2
+    assert "no such file or folder" in missing.stderr
+
+    bad_model = run_cli(tmp_path / "bad_model", broken, "--base_model", str(tmp_path / "in"))
+    assert bad_model.returncode == 2
+    assert "base_model: cannot load a tokenizer" in bad_model.stderr
+
+    for completed in (failed, passed, missing, bad_model):
+        assert "Traceback" not in completed.stderr + completed.stdout
+
+
 def test_sample_data_is_what_the_generator_writes():
     generator = _load_module("data_make_sample_data", REPO / "data" / "make_sample_data.py")
     args = generator.parse_args([])
@@ -349,6 +695,21 @@ def test_sample_data_is_what_the_generator_writes():
         json.dumps(c, ensure_ascii=False) + "\n" for c in generator.make_conversations(args.count, args.seed)
     )
     assert (REPO / "data" / "sample" / "support_chats.jsonl").read_text(encoding="utf-8") == expected
+
+
+@pytest.mark.parametrize("preset", ["local", "azure"])
+def test_the_pipeline_counts_tokens_with_the_base_model_and_finetunes_max_seq_length(tmp_path, preset):
+    from pipelines.finetune_pipeline import build_pipeline, load_components
+    from pipelines.settings import PROJECT_ROOT, load_settings
+
+    settings = load_settings(PROJECT_ROOT / "pipelines" / "config" / f"{preset}.yaml")
+    job = build_pipeline(settings, base_model_path=str(tmp_path) if preset == "local" else None)
+    finetune_default = load_components()["finetune"].inputs["max_seq_length"].default
+    expected = settings.step("finetune").get("max_seq_length", finetune_default)
+    for node in ("valid_train", "valid_validation"):
+        inputs = job.jobs[node].inputs
+        assert inputs["base_model"]._data._port_name == "base_model"  # the pipeline's own base_model input
+        assert inputs["max_seq_length"]._data == expected == job.jobs["tuned"].inputs["max_seq_length"]._data
 
 
 def test_spec_loads_offline_and_matches_the_script():
