@@ -1,12 +1,18 @@
-"""Use the local chat endpoint that the deploy_endpoint step (target=local) started and recorded.
+"""Talk to the chat endpoint, check it, stop it or tear it down: the local one (default) or the Azure ML one.
 
-    python -m pipelines.endpoint status                       # is it up, which model version, where
+    python -m pipelines.endpoint status                       # router, slots, traffic; exit 1 unless healthy
     python -m pipelines.endpoint ask "How do I reset my router?"
     python -m pipelines.endpoint chat                         # a conversation with history; /reset, /exit
-    python -m pipelines.endpoint stop                         # stop the server, remove its record
+    python -m pipelines.endpoint stop                         # local: stop the router and every slot
+    python -m pipelines.endpoint teardown [--delete-model]    # delete the endpoint (the model stays unless asked)
+    python -m pipelines.endpoint --target azure chat          # the same against the Azure ML endpoint
 
-The record is ``$CHATFT_HOME/endpoints/<name>.json`` (CHATFT_HOME defaults to outputs/ in the repo). Sampling
-parameters not given here are left to the endpoint's defaults (components/deploy_endpoint/score.py).
+Local: deploy_endpoint records the endpoint in ``$CHATFT_HOME/endpoints/<name>/endpoint.json`` (CHATFT_HOME
+defaults to outputs/); requests go to its stable URL, the router, which follows the traffic map through every
+blue/green swap. Azure: the endpoint named by ``--name``, else by ``steps.deploy_endpoint.endpoint_name`` in
+pipelines/config/azure.yaml. Its URL and key come from CHATFT_ENDPOINT_URL and CHATFT_ENDPOINT_KEY when both are set,
+else from the workspace (as ``make submit`` finds it); the key is sent as a bearer token and never printed.
+Sampling parameters not given here are left to the endpoint's defaults (components/deploy_endpoint/score.py).
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
-from chatft.local_server import is_our_server, stop_server
-from pipelines.settings import PROJECT_ROOT
+from chatft.local_server import MAP_FILE, is_our_server, live_deployment, stop_server
+from pipelines.settings import PROJECT_ROOT, SettingsError, load_settings
 
 REQUEST_TIMEOUT_S = 300  # a long answer on a CPU: 1024 tokens at ~18 tokens/s is ~60 s for SmolLM2
+URL_ENV, KEY_ENV = "CHATFT_ENDPOINT_URL", "CHATFT_ENDPOINT_KEY"
+PRESETS = {"local": PROJECT_ROOT / "pipelines/config/local.yaml", "azure": PROJECT_ROOT / "pipelines/config/azure.yaml"}
 
 
 class EndpointError(RuntimeError):
@@ -34,62 +43,216 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("CHATFT_HOME", str(PROJECT_ROOT / "outputs")),
         help="local output root holding endpoints/ (default: $CHATFT_HOME, else outputs/)",
     )
-    parser.add_argument("--name", help="endpoint name (default: the only endpoint recorded)")
+    parser.add_argument("--target", choices=["local", "azure"], default="local", help="which endpoint")
+    parser.add_argument("--name", help="endpoint name (local default: the only one recorded; azure: the preset's)")
+    # The same two options after the command too (`teardown --name x`), without overriding them when absent.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", choices=["local", "azure"], default=argparse.SUPPRESS, help="which endpoint")
+    common.add_argument("--name", default=argparse.SUPPRESS, help="endpoint name")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("chat", "interactive chat with history"), ("ask", "one question, print the answer")):
-        command = commands.add_parser(name, help=text)
+        command = commands.add_parser(name, help=text, parents=[common])
         if name == "ask":
             command.add_argument("question", help="the user message")
         command.add_argument("--system", help="a system message to start the conversation with")
         command.add_argument("--temperature", type=float, help="0 = greedy (endpoint default if omitted)")
         command.add_argument("--top_p", type=float, help="nucleus sampling mass (endpoint default if omitted)")
         command.add_argument("--max_new_tokens", type=int, help="answer length limit (endpoint default if omitted)")
-    commands.add_parser("stop", help="stop the server by its recorded PID and remove the record")
-    commands.add_parser("status", help="show the recorded endpoint; exit 1 unless it is healthy")
+    commands.add_parser(
+        "status", help="show the endpoint, its deployments and traffic; exit 1 unless healthy", parents=[common]
+    )
+    commands.add_parser(
+        "stop", help="local: stop the router and every deployment slot, forget the traffic map", parents=[common]
+    )
+    teardown = commands.add_parser(
+        "teardown", help="delete the endpoint and its deployments; the model stays", parents=[common]
+    )
+    teardown.add_argument("--delete-model", action="store_true", help="also delete the registered model")
     return parser.parse_args(argv)
 
 
+def configured(step: str, key: str, target: str) -> str:
+    """A step input as the target's preset sets it, else the component's default: the pipeline's own value."""
+    try:
+        value = load_settings(PRESETS[target]).step(step).get(key)
+    except SettingsError:
+        value = None
+    if value is None:
+        from chatft.component_cli import load_spec
+
+        value = load_spec(PROJECT_ROOT / "components" / step / "component.yml")["inputs"][key].get("default")
+    return str(value)
+
+
+# ---- local -------------------------------------------------------------------------------------------------------
+
+
 def find_record(home: Path, name: str | None) -> tuple[Path, dict]:
+    """The local endpoint's traffic map: (path, record)."""
     endpoints = home / "endpoints"
     if name:
-        path = endpoints / f"{name}.json"
+        path = endpoints / name / MAP_FILE
         if not path.is_file():
             raise EndpointError(f"{path}: no such endpoint; deploy it with `make run` (deploy_endpoint target=local)")
     else:
-        found = sorted(endpoints.glob("*.json"))
+        found = sorted(endpoints.glob(f"*/{MAP_FILE}"))
         if not found:
             raise EndpointError(f"no endpoint recorded in {endpoints}; deploy one with `make run` first")
         if len(found) > 1:
-            raise EndpointError(f"several endpoints in {endpoints} ({', '.join(p.stem for p in found)}); pick --name")
+            names = ", ".join(p.parent.name for p in found)
+            raise EndpointError(f"several endpoints in {endpoints} ({names}); pick one with --name")
         path = found[0]
     return path, json.loads(path.read_text(encoding="utf-8"))
 
 
-def healthy(record: dict) -> bool:
+def _get(url: str, timeout: float = 2.0):
     import requests
 
     try:
-        return requests.get(record["health_url"], timeout=2).status_code == 200
+        return requests.get(url, timeout=timeout)
     except requests.RequestException:
-        return False
+        return None
 
 
-def generate(record: dict, messages: list[dict], parameters: dict) -> str:
+def local_connection(record: dict) -> dict:
+    live = record["deployments"].get(live_deployment(record) or "", {})
+    model = f"{live.get('model_name')}:{live.get('model_version')}" if live else "no deployment"
+    return {"url": record["url"], "headers": {}, "label": f"{record['endpoint_name']} ({model})"}
+
+
+def stop(path: Path, record: dict) -> int:
+    """Stop the router and every slot, then forget the traffic map (downloaded models stay for a re-deploy)."""
+    processes = [("router", (record.get("router") or {}).get("pid"))]
+    processes += [(slot, entry.get("pid")) for slot, entry in record.get("deployments", {}).items()]
+    for label, pid in processes:
+        state = "stopped" if stop_server(pid) else "was not running"
+        print(f"{record['endpoint_name']}: {label} {state} (pid {pid})")
+    path.unlink()
+    return 0
+
+
+def status_local(path: Path, record: dict) -> int:
+    router = record.get("router") or {}
+    router_up = is_our_server(router.get("pid")) and _get(record["health_url"]) is not None  # any answer will do
+    print(
+        f"{record['endpoint_name']}: {record['url']}  (router pid {router.get('pid')}: {'up' if router_up else 'DOWN'})"
+    )
+    print(f"  traffic map: {path}")
+    healthy = router_up
+    for slot, entry in sorted(record.get("deployments", {}).items()):
+        share = record.get("traffic", {}).get(slot, 0)
+        answer = _get(f"http://127.0.0.1:{entry['port']}/") if is_our_server(entry["pid"]) else None
+        state = "healthy" if answer is not None and answer.status_code == 200 else "not running"
+        healthy &= state == "healthy" or share == 0
+        print(
+            f"  {slot:<6} {share:>3}%  {entry['model_name']}:{entry['model_version']}  {state}  "
+            f"pid {entry['pid']}  port {entry['port']}  log {entry['log']}"
+        )
+    if not live_deployment(record):
+        print("  no deployment takes traffic")
+        healthy = False
+    return 0 if healthy else 1
+
+
+def teardown_local(home: Path, name: str | None, delete_model: bool) -> int:
+    try:
+        path, record = find_record(home, name)
+    except EndpointError:
+        if not name:
+            raise
+        path, record = home / "endpoints" / name / MAP_FILE, None
+    models = {entry["model_name"] for entry in (record or {}).get("deployments", {}).values()}
+    if record:
+        stop(path, record)
+    shutil.rmtree(path.parent, ignore_errors=True)
+    print(f"deleted the local endpoint {path.parent.name} ({path.parent})")
+    if delete_model:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+        for model in sorted(models or {configured("register_model", "model_name", "local")}):
+            client.delete_registered_model(model)
+            print(f"deleted the registered model {model} and all its versions")
+    else:
+        print("the registered model stays (--delete-model / DELETE_MODEL=1 deletes it)")
+    return 0
+
+
+# ---- azure -------------------------------------------------------------------------------------------------------
+
+
+def azure_client(ml_client=None):
+    if ml_client is not None:
+        return ml_client
+    from pipelines.azure_backend import WorkspaceConfigError, workspace_client
+
+    try:
+        return workspace_client()
+    except WorkspaceConfigError as err:
+        raise EndpointError(str(err)) from None
+
+
+def azure_connection(name: str, ml_client=None) -> dict:
+    url, key = os.environ.get(URL_ENV), os.environ.get(KEY_ENV)
+    if bool(url) != bool(key):
+        missing = KEY_ENV if url else URL_ENV
+        raise EndpointError(f"{missing} is not set: set both {URL_ENV} and {KEY_ENV}, or neither to ask the workspace")
+    if not url:
+        client = azure_client(ml_client)
+        url = client.online_endpoints.get(name).scoring_uri
+        key = client.online_endpoints.get_keys(name).primary_key
+    return {"url": url, "headers": {"Authorization": f"Bearer {key}"}, "label": f"{name} (Azure ML)"}
+
+
+def status_azure(name: str, ml_client=None) -> int:
+    client = azure_client(ml_client)
+    endpoint = client.online_endpoints.get(name)
+    print(f"{name}: {endpoint.scoring_uri}  ({endpoint.provisioning_state})")
+    for deployment in client.online_deployments.list(endpoint_name=name):
+        share = (endpoint.traffic or {}).get(deployment.name, 0)
+        model = (deployment.tags or {}).get("model", deployment.model)
+        print(f"  {deployment.name:<6} {share:>3}%  {model}  {deployment.provisioning_state}")
+    return 0 if endpoint.provisioning_state == "Succeeded" and live_deployment({"traffic": endpoint.traffic}) else 1
+
+
+def teardown_azure(name: str, delete_model: bool, ml_client=None) -> int:
+    client = azure_client(ml_client)
+    models = {
+        (deployment.tags or {}).get("model", "").split(":")[0]
+        for deployment in client.online_deployments.list(endpoint_name=name)
+    } - {""}
+    print(f"deleting the Azure ML endpoint {name} and its deployments ...", flush=True)
+    client.online_endpoints.begin_delete(name=name).result()
+    print(f"deleted {name}")
+    if delete_model:
+        # azure-ai-ml has no hard delete for model versions; archived ones are hidden and can be restored.
+        for model in sorted(models or {configured("register_model", "model_name", "azure")}):
+            for version in client.models.list(name=model):
+                client.models.archive(name=model, version=version.version)
+            print(f"archived every version of the registered model {model}")
+    else:
+        print("the registered model stays (--delete-model / DELETE_MODEL=1 archives it)")
+    return 0
+
+
+# ---- talking to either -------------------------------------------------------------------------------------------
+
+
+def generate(connection: dict, messages: list[dict], parameters: dict) -> str:
     import requests
 
     body = {"input_data": {"input_string": messages, "parameters": parameters}}
     try:
-        response = requests.post(record["url"], json=body, timeout=REQUEST_TIMEOUT_S)
+        response = requests.post(connection["url"], json=body, headers=connection["headers"], timeout=REQUEST_TIMEOUT_S)
     except requests.ConnectionError:
-        raise EndpointError(
-            f"nothing answers at {record['url']}; check `python -m pipelines.endpoint status`"
-        ) from None
+        raise EndpointError(f"nothing answers at {connection['url']}; check `make status`") from None
     try:
         reply = response.json()
     except ValueError:
         reply = {}
     if response.status_code != 200:
-        raise EndpointError(f"HTTP {response.status_code}: {reply.get('message') or response.text[:300]}")
+        detail = reply.get("message") if isinstance(reply, dict) else None
+        raise EndpointError(f"HTTP {response.status_code}: {detail or response.text[:300]}")
     return reply["output"]
 
 
@@ -102,14 +265,14 @@ def _system(args: argparse.Namespace) -> list[dict]:
     return [{"role": "system", "content": args.system}] if args.system else []
 
 
-def ask(record: dict, args: argparse.Namespace) -> int:
+def ask(connection: dict, args: argparse.Namespace) -> int:
     messages = [*_system(args), {"role": "user", "content": args.question}]
-    print(generate(record, messages, _parameters(args)))
+    print(generate(connection, messages, _parameters(args)))
     return 0
 
 
-def chat(record: dict, args: argparse.Namespace) -> int:
-    print(f"Chatting with {record['model_name']}:{record['model_version']} at {record['url']}")
+def chat(connection: dict, args: argparse.Namespace) -> int:
+    print(f"Chatting with {connection['label']} at {connection['url']}")
     print("/reset starts over, /exit (or Ctrl-D) quits.")
     history = _system(args)
     while True:
@@ -127,7 +290,7 @@ def chat(record: dict, args: argparse.Namespace) -> int:
         if not text:
             continue
         try:
-            answer = generate(record, [*history, {"role": "user", "content": text}], _parameters(args))
+            answer = generate(connection, [*history, {"role": "user", "content": text}], _parameters(args))
         except EndpointError as err:
             # The turn is dropped from the history, so the conversation stays valid for the next question.
             print(f"error: {err}", file=sys.stderr)
@@ -136,36 +299,27 @@ def chat(record: dict, args: argparse.Namespace) -> int:
         print(f"bot> {answer}")
 
 
-def stop(path: Path, record: dict) -> int:
-    pid = record["pid"]
-    if stop_server(pid):
-        print(f"stopped {path.stem} (pid {pid})")
+def main(args: argparse.Namespace, ml_client=None) -> int:
+    if args.target == "azure":
+        name = args.name or configured("deploy_endpoint", "endpoint_name", "azure")
+        if args.command == "stop":
+            raise EndpointError("stop is local only; `teardown --target azure` deletes the Azure endpoint")
+        if args.command == "teardown":
+            return teardown_azure(name, args.delete_model, ml_client)
+        if args.command == "status":
+            return status_azure(name, ml_client)
+        connection = azure_connection(name, ml_client)
     else:
-        print(f"{path.stem} was not running (pid {pid}); removed its record")
-    path.unlink()
-    return 0
-
-
-def status(path: Path, record: dict) -> int:
-    alive = is_our_server(record["pid"])
-    up = alive and healthy(record)
-    state = "healthy" if up else ("running, not answering" if alive else "not running (stale record)")
-    print(f"{path.stem}: {state}")
-    print(f"  url:    {record['url']}")
-    print(f"  model:  {record['model_name']}:{record['model_version']} ({record['model_uri']})")
-    print(f"  pid:    {record['pid']}    log: {record['log']}")
-    return 0 if up else 1
-
-
-def main(args: argparse.Namespace) -> int:
-    path, record = find_record(Path(args.home), args.name)
-    if args.command == "stop":
-        return stop(path, record)
-    if args.command == "status":
-        return status(path, record)
-    if args.command == "ask":
-        return ask(record, args)
-    return chat(record, args)
+        home = Path(args.home)
+        if args.command == "teardown":
+            return teardown_local(home, args.name, args.delete_model)
+        path, record = find_record(home, args.name)
+        if args.command == "stop":
+            return stop(path, record)
+        if args.command == "status":
+            return status_local(path, record)
+        connection = local_connection(record)
+    return ask(connection, args) if args.command == "ask" else chat(connection, args)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,29 @@
-"""Deploy a registered model behind a chat endpoint that runs ``score.py``: a local server or an Azure ML endpoint.
+"""Roll a registered model out to a chat endpoint that runs ``score.py``, blue/green, locally or on Azure ML.
 
-target=local: download ``models:/<name>/<version>`` under ``$CHATFT_HOME/endpoints/<endpoint_name>/``, start
-azureml-inference-server-http on 127.0.0.1 (``serve_local.py``) as a detached process that outlives this step,
-wait until it is healthy, smoke-test it with a chat request, and record it in
-``$CHATFT_HOME/endpoints/<endpoint_name>.json``. A re-run keeps a healthy server that already serves the same
-model version on the same port; otherwise the recorded server is stopped and replaced.
+Both targets follow the same steps, the ones an Azure ML managed endpoint is built for:
 
-target=azure: create or update a key-auth managed online endpoint and its one deployment (environment
-``chatft-inference``, code = ``score.py`` + ``chatft``, instance type/count from the pipeline, which reads them from
-infra/compute.json), smoke-test the deployment, then route 100% of traffic to it.
+1. create or update the endpoint under its stable name (idempotent; its live traffic is kept as it is);
+2. if the deployment taking traffic already serves this model version (and ``force`` is off), smoke-test it and
+   stop: nothing is created or restarted;
+3. otherwise deploy the version as the slot that takes no traffic (``blue`` or ``green``) and smoke-test that
+   slot with real chat requests (``SMOKE_REQUESTS``: each must get HTTP 200 and a non-blank ``output``);
+4. a failed start or smoke test removes the new slot, leaves traffic where it was and fails the step with the
+   reason; a passed one moves 100% of traffic to the new slot, then removes the old slot.
 
-Writes ``endpoint_info/endpoint_info.json``: target, url, model name/version, deployment name, traffic, and the
-pid and port for a local server.
+target=local: the model is downloaded to ``$CHATFT_HOME/endpoints/<name>/models/<version>/``, each slot is an
+azureml-inference-server-http process on a free loopback port (``serve_local.py``), and a small router on
+``127.0.0.1:<port>`` is the endpoint's stable URL; ``endpoints/<name>/endpoint.json`` is the traffic map they
+follow (``chatft.local_server`` explains the layout). Processes outlive this step; ``make stop`` / ``make
+teardown`` end them.
+
+target=azure: a key-auth ``ManagedOnlineEndpoint`` and one ``ManagedOnlineDeployment`` per slot (environment
+``chatft-inference``, code = ``score.py`` + ``serving.json`` + ``chatft``, instance type/count from
+infra/compute.json via the pipeline; concurrency, request timeout and the server's workers/threads from
+serving.json). During a swap both slots run, so the subscription needs quota for twice the instances. Tested offline
+against a recording fake of ``MLClient`` (tests/components/test_deploy_endpoint.py), never against Azure itself.
+
+Writes ``endpoint_info/endpoint_info.json``: target, url, traffic, deployment_name, previous_deployment, model
+name/version, reused, smoke_test_outputs (and local pids/ports).
 """
 
 from __future__ import annotations
@@ -30,23 +42,53 @@ import tempfile
 import time
 from pathlib import Path
 
-from chatft.local_server import LAUNCHER, is_our_server, stop_server
+from chatft.local_server import (
+    LAUNCHER,
+    MAP_FILE,
+    ROUTER_MODULE,
+    is_our_server,
+    live_deployment,
+    read_map,
+    stop_server,
+    write_map,
+)
 
 HERE = Path(__file__).resolve().parent
+SPEC = HERE / "component.yml"
 SCORE_SCRIPT = "score.py"
+# Server settings (workers, threads, batching, Azure's concurrency and timeout per request), checked by score.py.
+SERVING_FILE = "serving.json"
 INFERENCE_ENVIRONMENT = "azureml:chatft-inference:1"
-# One deployment, updated in place: a re-deploy never needs quota for a second GPU instance (blue/green would).
-DEPLOYMENT_NAME = "main"
-# Azure ML's rule for endpoint names; locally it also keeps the name safe as a file name.
+SLOTS = ("blue", "green")
+# Azure ML's rule for endpoint names; locally it also keeps the name safe as a folder name.
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 STARTUP_TIMEOUT_S = 300  # model load in the worker: ~5 s for SmolLM2 on 2 cores; a 3.8B model on CPU takes minutes
-# Greedy and short: proves the whole chat path works without waiting for a long answer.
-SMOKE_REQUEST = {
-    "input_data": {
-        "input_string": [{"role": "user", "content": "Say hello in one short sentence."}],
-        "parameters": {"max_new_tokens": 8, "do_sample": False},
-    }
-}
+ROUTER_STARTUP_TIMEOUT_S = 30
+SMOKE_TIMEOUT_S = 120
+# Real chat requests in the seed's shape and with its sampling (temperature 0.7): its question, then a multi-turn
+# conversation with a system message. Short, so a smoke test costs seconds.
+SMOKE_REQUESTS = (
+    {
+        "input_data": {
+            "input_string": [{"role": "user", "content": "How do I restart my router?"}],
+            "parameters": {"temperature": 0.7, "max_new_tokens": 32},
+        }
+    },
+    {
+        "input_data": {
+            "input_string": [
+                {"role": "system", "content": "You are a helpful support assistant."},
+                {"role": "user", "content": "My internet keeps dropping."},
+                {"role": "assistant", "content": "Does it happen at a particular time of day?"},
+                {"role": "user", "content": "Every evening. What should I check first?"},
+            ],
+            "parameters": {"temperature": 0.7, "max_new_tokens": 16},
+        }
+    },
+)
+# A sampled answer can be empty by chance (an end-of-turn token drawn first: ~0.2% of answers of a random tiny test
+# model); a model that answers empty this many times in a row does not generate.
+SMOKE_ATTEMPTS = 3
 
 
 class DeployError(RuntimeError):
@@ -54,15 +96,9 @@ class DeployError(RuntimeError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_info", required=True, help="folder with model_info.json from register_model")
-    parser.add_argument("--endpoint_name", required=True, help="endpoint name (Azure: unique in the region)")
-    parser.add_argument("--target", required=True, choices=["local", "azure"], help="where the endpoint runs")
-    parser.add_argument("--port", type=int, required=True, help="local: port on 127.0.0.1")
-    parser.add_argument("--instance_type", help="azure: VM size of the deployment (from infra/compute.json)")
-    parser.add_argument("--instance_count", type=int, help="azure: instances of the deployment (from compute.json)")
-    parser.add_argument("--endpoint_info", required=True, help="output folder for endpoint_info.json")
-    return parser.parse_args(argv)
+    from chatft.component_cli import spec_arg_parser
+
+    return spec_arg_parser(SPEC, description=__doc__.split("\n\n")[0]).parse_args(argv)
 
 
 def read_model_info(folder: str | Path) -> dict:
@@ -74,11 +110,32 @@ def read_model_info(folder: str | Path) -> dict:
     missing = [key for key in ("name", "version", "model_uri") if not info.get(key)]
     if missing:
         raise DeployError(f"{path}: missing {', '.join(missing)}")
+    if info.get("quality_gate") == "failed":
+        raise DeployError(
+            f"{info['name']}:{info['version']} failed its quality gate ({info.get('quality_gate_reason')}) and is "
+            "not deployed. The endpoint keeps what it serves."
+        )
     return info
 
 
+def _sibling(name: str):
+    """A module beside this script (score.py, serve_local.py), loaded from its file: no sys.path changes."""
+    spec = importlib.util.spec_from_file_location(f"deploy_endpoint_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def serving_settings() -> dict:
+    """serving.json beside this script, checked by score.py (which owns its keys and their relations)."""
+    try:
+        return _sibling("score").load_serving_settings(HERE / SERVING_FILE)
+    except ValueError as err:
+        raise DeployError(str(err)) from None
+
+
 def stage_code(dest: Path, with_launcher: bool) -> Path:
-    """Copy what the server runs (score.py, chatft, optionally the launcher) into ``dest``; return it.
+    """Copy what the server runs (score.py and its serving.json, chatft, optionally the launcher) into ``dest``.
 
     chatft is taken from wherever it imports: beside this script in a component snapshot, ``src/`` in a checkout.
     """
@@ -87,10 +144,38 @@ def stage_code(dest: Path, with_launcher: bool) -> Path:
         raise DeployError("package chatft not found; run from the component snapshot (additional_includes)")
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for name in (SCORE_SCRIPT, LAUNCHER) if with_launcher else (SCORE_SCRIPT,):
+    for name in (SCORE_SCRIPT, SERVING_FILE, LAUNCHER) if with_launcher else (SCORE_SCRIPT, SERVING_FILE):
         shutil.copy2(HERE / name, dest / name)
     shutil.copytree(spec.submodule_search_locations[0], dest / "chatft", ignore=shutil.ignore_patterns("__pycache__"))
     return dest
+
+
+def check_reply(status: int, body: str, where: str) -> str:
+    """One smoke reply: its ``output`` text (maybe blank), or a DeployError quoting what came back."""
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        reply = None
+    if status != 200 or not isinstance(reply, dict) or not isinstance(reply.get("output"), str):
+        raise DeployError(f"smoke test against {where} failed: HTTP {status}: {body[:500]}")
+    return reply["output"]
+
+
+def smoke_test(send, where: str) -> list[str]:
+    """Every smoke request through ``send(request) -> output``; each must get a non-blank answer."""
+    outputs = []
+    for request in SMOKE_REQUESTS:
+        for _ in range(SMOKE_ATTEMPTS):
+            output = send(request)
+            if output.strip():
+                break
+        else:
+            raise DeployError(
+                f"smoke test against {where} failed: the model answered with empty text {SMOKE_ATTEMPTS} times in "
+                f"a row to {json.dumps(request['input_data']['input_string'][-1]['content'])}"
+            )
+        outputs.append(output)
+    return outputs
 
 
 # ---- target=local ------------------------------------------------------------------------------------------------
@@ -105,6 +190,12 @@ def healthy(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def accepting(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # As gunicorn binds: connections of a just-stopped server in TIME_WAIT do not block the port.
@@ -114,6 +205,24 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def free_port() -> int:
+    """A port the kernel has just handed out; the slot binds it a moment later (a race lost shows as a failed start)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def deploy_lock(path: Path):
+    """One rollout per endpoint at a time: a second waits for the first instead of corrupting the map."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def download_model(model_info: dict, models_dir: Path) -> Path:
@@ -133,32 +242,52 @@ def download_model(model_info: dict, models_dir: Path) -> Path:
     return target
 
 
-def start_server(code_dir: Path, model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+def _server_env(code_dir: Path) -> dict[str, str]:
     # The step's MLflow run is not the server's business; the rest of the environment (HOME, caches) is kept.
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env.update({"AML_APP_ROOT": str(code_dir), "PYTHONUNBUFFERED": "1"})
-    command = [
-        sys.executable,
-        str(code_dir / LAUNCHER),
-        "--entry_script",
-        str(code_dir / SCORE_SCRIPT),
-        "--model_dir",
-        str(model_dir),
-        "--port",
-        str(port),
-    ]
+    return env
+
+
+def _spawn(command: list[str], cwd: Path, env: dict, log_path: Path) -> subprocess.Popen:
     with log_path.open("ab") as log:
         log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
-        # A new session: the server outlives this step and ignores signals sent to the step's process group.
+        # A new session: the process outlives this step and ignores signals sent to the step's process group.
         return subprocess.Popen(
             command,
-            cwd=code_dir,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def start_server(code_dir: Path, model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+    command = [sys.executable, str(code_dir / LAUNCHER), "--entry_script", str(code_dir / SCORE_SCRIPT)]
+    command += ["--model_dir", str(model_dir), "--port", str(port)]
+    return _spawn(command, code_dir, _server_env(code_dir), log_path)
+
+
+def start_router(endpoint_home: Path, port: int) -> subprocess.Popen:
+    """The endpoint's stable URL: ``chatft.local_server`` serving 127.0.0.1:port by the traffic map."""
+    code_dir = endpoint_home / "router"
+    spec = importlib.util.find_spec("chatft")
+    shutil.rmtree(code_dir, ignore_errors=True)
+    shutil.copytree(
+        spec.submodule_search_locations[0], code_dir / "chatft", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    command = [sys.executable, "-m", ROUTER_MODULE, "--map", str(endpoint_home / MAP_FILE), "--port", str(port)]
+    log_path = endpoint_home / "router.log"
+    process = _spawn(command, code_dir, _server_env(code_dir), log_path)
+    deadline = time.monotonic() + ROUTER_STARTUP_TIMEOUT_S
+    while not accepting(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_server(process.pid)
+            raise DeployError(f"the router on 127.0.0.1:{port} did not start; see {log_path}:\n{_log_tail(log_path)}")
+        time.sleep(0.1)
+    return process
 
 
 def _log_tail(log_path: Path, lines: int = 20) -> str:
@@ -179,95 +308,169 @@ def wait_until_healthy(process: subprocess.Popen, port: int, log_path: Path, tim
         time.sleep(0.2)
 
 
-def check_reply(status: int, body: str, where: str) -> str:
-    """The smoke test's verdict: the chat reply text, or a DeployError quoting what came back."""
-    try:
-        reply = json.loads(body)
-    except ValueError:
-        reply = None
-    if status != 200 or not isinstance(reply, dict) or not isinstance(reply.get("output"), str):
-        raise DeployError(f"smoke test against {where} failed: HTTP {status}: {body[:500]}")
-    return reply["output"]
-
-
-def smoke_test_local(port: int) -> str:
+def smoke_test_local(url: str, where: str, deployment: str | None = None) -> list[str]:
+    """The smoke test against ``url``; with ``deployment``, also check that this deployment answered."""
     import requests
 
-    url = f"http://127.0.0.1:{port}/score"
-    response = requests.post(url, json=SMOKE_REQUEST, timeout=120)
-    return check_reply(response.status_code, response.text, url)
+    def send(request: dict) -> str:
+        try:
+            response = requests.post(url, json=request, timeout=SMOKE_TIMEOUT_S)
+        except requests.RequestException as err:
+            raise DeployError(f"smoke test against {where} failed: {err}") from None
+        output = check_reply(response.status_code, response.text, where)
+        answered = response.headers.get("azureml-model-deployment")
+        if deployment and answered != deployment:
+            raise DeployError(f"smoke test against {where}: deployment {answered!r} answered, expected {deployment!r}")
+        return output
+
+    return smoke_test(send, where)
 
 
-def write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+def _serves(slot: dict | None, model_info: dict) -> bool:
+    return bool(slot) and (slot["model_name"], slot["model_version"]) == (
+        model_info["name"],
+        str(model_info["version"]),
+    )
 
 
-def deploy_local(model_info: dict, endpoint_name: str, port: int, home: Path) -> dict:
-    endpoints = home / "endpoints"
-    record_path = endpoints / f"{endpoint_name}.json"
-    state_dir = endpoints / endpoint_name
-    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else None
-    wanted = (model_info["name"], str(model_info["version"]), port)
+def retire_slot(record: dict, slot: str, endpoint_home: Path) -> None:
+    """Stop a slot's server and forget it (its share of traffic too); its folder goes with it."""
+    entry = record["deployments"].pop(slot, None)
+    record["traffic"].pop(slot, None)
+    if entry:
+        stop_server(entry.get("pid"))
+    shutil.rmtree(endpoint_home / slot, ignore_errors=True)
 
-    serving = record and (record["model_name"], record["model_version"], record["port"]) == wanted
-    if serving and is_our_server(record["pid"]) and healthy(port):
-        reply = smoke_test_local(port)
-        print(
-            f"kept the running server (pid {record['pid']}): {record['url']} already serves "
-            f"{record['model_name']}:{record['model_version']}",
-            flush=True,
-        )
-        return {**record, "reused": True, "smoke_test_output": reply}
 
-    # Fetch the new model while the old server (if any) still answers, then swap.
-    model_dir = download_model(model_info, state_dir / "models")
-    if record:
-        print(f"stopping the server recorded in {record_path} (pid {record['pid']})", flush=True)
-        stop_server(record["pid"])
-        record_path.unlink()
-    if port_in_use(port):
-        raise DeployError(f"port {port} on 127.0.0.1 is in use by another program; set deploy_endpoint.port")
+def retire_legacy_record(path: Path) -> None:
+    """An endpoint recorded by the single-server version of this step (endpoints/<name>.json): stop and forget it."""
+    legacy = read_map(path)
+    if legacy:
+        print(f"stopping the single-server endpoint recorded in {path} (pid {legacy.get('pid')})", flush=True)
+        stop_server(legacy.get("pid"))
+        path.unlink()
 
-    code_dir = stage_code(state_dir / "code", with_launcher=True)
-    log_path = state_dir / "server.log"
-    started = time.perf_counter()
-    process = start_server(code_dir, model_dir, port, log_path)
-    try:
-        wait_until_healthy(process, port, log_path, STARTUP_TIMEOUT_S)
-        startup_s = time.perf_counter() - started
-        reply = smoke_test_local(port)
-    except BaseException:
-        stop_server(process.pid)
-        raise
-    record = {
-        "endpoint_name": endpoint_name,
-        "pid": process.pid,
-        "port": port,
-        "url": f"http://127.0.0.1:{port}/score",
-        "health_url": f"http://127.0.0.1:{port}/",
-        "model_name": model_info["name"],
-        "model_version": str(model_info["version"]),
-        "model_uri": model_info["model_uri"],
-        "model_dir": str(model_dir),
-        "deployment_name": DEPLOYMENT_NAME,
-        "traffic": {DEPLOYMENT_NAME: 100},
-        "log": str(log_path),
-        "startup_seconds": round(startup_s, 2),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+
+def _summary(record: dict, slot: str, previous: str | None, reused: bool, outputs: list[str]) -> dict:
+    entry = record["deployments"][slot]
+    return {
+        "endpoint_name": record["endpoint_name"],
+        "url": record["url"],
+        "health_url": record["health_url"],
+        "port": record["router"]["port"],
+        "router_pid": record["router"]["pid"],
+        "traffic": dict(record["traffic"]),
+        "deployment_name": slot,
+        "previous_deployment": previous,
+        "pid": entry["pid"],
+        "slot_port": entry["port"],
+        "model_name": entry["model_name"],
+        "model_version": entry["model_version"],
+        "model_uri": entry["model_uri"],
+        "log": entry["log"],
+        "startup_seconds": entry["startup_seconds"],
+        "map": record["map"],
+        "reused": reused,
+        "smoke_test_outputs": outputs,
     }
-    write_json_atomically(record_path, record)
-    for old in (state_dir / "models").iterdir():  # only the served version stays on disk
-        if old != model_dir:
-            shutil.rmtree(old, ignore_errors=True)
+
+
+def deploy_local(model_info: dict, endpoint_name: str, port: int, home: Path, force: bool = False) -> dict:
+    endpoint_home = home / "endpoints" / endpoint_name
+    map_path = endpoint_home / MAP_FILE
+    with deploy_lock(endpoint_home / ".deploy.lock"):
+        retire_legacy_record(home / "endpoints" / f"{endpoint_name}.json")
+        record = read_map(map_path) or {"endpoint_name": endpoint_name, "deployments": {}, "traffic": {}}
+        record.update({"map": str(map_path), "url": f"http://127.0.0.1:{port}/score"})
+        record["health_url"] = f"http://127.0.0.1:{port}/"
+        router = record.get("router") or {}
+        router_ok = router.get("port") == port and is_our_server(router.get("pid")) and accepting(port)
+        live = live_deployment(record)
+        entry = record["deployments"].get(live)
+        serving = not force and _serves(entry, model_info) and is_our_server(entry["pid"]) and healthy(entry["port"])
+        if not router_ok:  # the URL's port must be ours to take before anything starts
+            stop_server(router.get("pid"))
+            if port_in_use(port):
+                raise DeployError(f"port {port} on 127.0.0.1 is in use by another program; set deploy_endpoint.port")
+
+        # 1. Already serving this version: check it still answers (restarting only a dead router), change nothing.
+        if serving:
+            if not router_ok:
+                record["router"] = {"pid": start_router(endpoint_home, port).pid, "port": port}
+                write_map(map_path, record)
+            outputs = smoke_test_local(record["url"], f"{endpoint_name} ({record['url']})", live)
+            print(
+                f"kept {endpoint_name}: {live} already serves {entry['model_name']}:{entry['model_version']} "
+                f"at {record['url']} (pid {entry['pid']})",
+                flush=True,
+            )
+            return _summary(record, live, None, True, outputs)
+
+        # 2. The new version goes to the slot taking no traffic; a leftover there (an interrupted run) goes first.
+        new = next(slot for slot in SLOTS if slot != live)
+        if new in record["deployments"]:
+            retire_slot(record, new, endpoint_home)
+            write_map(map_path, record)
+        shutil.rmtree(endpoint_home / new, ignore_errors=True)
+        model_dir = download_model(model_info, endpoint_home / "models")
+        slot_dir = endpoint_home / new
+        code_dir = stage_code(slot_dir / "code", with_launcher=True)
+        slot_port, log_path = free_port(), slot_dir / "server.log"
+        started = time.perf_counter()
+        process = start_server(code_dir, model_dir, slot_port, log_path)
+        try:
+            wait_until_healthy(process, slot_port, log_path, STARTUP_TIMEOUT_S)
+            startup_s = time.perf_counter() - started
+            outputs = smoke_test_local(f"http://127.0.0.1:{slot_port}/score", f"deployment {new} (port {slot_port})")
+        except BaseException as err:
+            # 3. Rollback: the new slot goes, the map (and so the traffic) is left as it was.
+            stop_server(process.pid)
+            shutil.rmtree(slot_dir, ignore_errors=True)
+            if isinstance(err, DeployError):
+                kept = f"traffic stays {record['traffic']}" if record["traffic"] else "no traffic was routed"
+                raise DeployError(f"{err}\nrolled back: deployment {new} removed; {kept}") from None
+            raise
+        record["deployments"][new] = {
+            "pid": process.pid,
+            "port": slot_port,
+            "model_name": model_info["name"],
+            "model_version": str(model_info["version"]),
+            "model_uri": model_info["model_uri"],
+            "model_dir": str(model_dir),
+            "log": str(log_path),
+            "startup_seconds": round(startup_s, 2),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        record["traffic"].setdefault(new, 0)
+        write_map(map_path, record)  # recorded at 0% first: a crash from here on leaves nothing untracked
+
+        if not router_ok:
+            record["router"] = {"pid": start_router(endpoint_home, port).pid, "port": port}
+        # 4. Swap: one atomic write; the router sends the next request to the new slot.
+        previous_traffic = dict(record["traffic"])
+        record["traffic"] = {new: 100, **{slot: 0 for slot in record["deployments"] if slot != new}}
+        write_map(map_path, record)
+        try:
+            outputs += smoke_test_local(record["url"], f"{endpoint_name} ({record['url']})", new)
+        except DeployError as err:
+            record["traffic"] = previous_traffic
+            retire_slot(record, new, endpoint_home)
+            write_map(map_path, record)
+            raise DeployError(f"{err}\nrolled back: traffic restored to {record['traffic']}, {new} removed") from None
+        if live:
+            retire_slot(record, live, endpoint_home)
+            write_map(map_path, record)
+        in_use = {Path(d["model_dir"]).name for d in record["deployments"].values()}
+        for old in (endpoint_home / "models").iterdir():  # only served versions stay on disk
+            if old.name not in in_use:
+                shutil.rmtree(old, ignore_errors=True)
     print(
-        f"serving {record['model_name']}:{record['model_version']} at {record['url']} (pid {process.pid}, "
-        f"healthy after {startup_s:.1f} s); smoke test replied {reply!r}",
+        f"{endpoint_name}: 100% to {new} ({model_info['name']}:{model_info['version']}, pid {process.pid}, healthy "
+        f"after {startup_s:.1f} s){f'; removed {live}' if live else ''}. URL {record['url']}; smoke test replied "
+        f"{outputs[0]!r}",
         flush=True,
     )
-    return {**record, "reused": False, "smoke_test_output": reply}
+    return _summary(record, new, live, False, outputs)
 
 
 # ---- target=azure ------------------------------------------------------------------------------------------------
@@ -294,82 +497,131 @@ def ml_client_from_job_env():
     return MLClient(credential, **{key: os.environ[env] for key, env in names.items()})
 
 
-def build_endpoint(endpoint_name: str, model_info: dict):
+def build_endpoint(endpoint_name: str, traffic: dict[str, int]):
     from azure.ai.ml.entities import ManagedOnlineEndpoint
 
     return ManagedOnlineEndpoint(
         name=endpoint_name,
         auth_mode="key",
         description="Chat endpoint for the fine-tuned model (components/deploy_endpoint/score.py)",
-        tags={"model": f"{model_info['name']}:{model_info['version']}"},
+        traffic=dict(traffic),
     )
 
 
-def build_deployment(endpoint_name: str, model_info: dict, instance_type: str, instance_count: int, code_dir: Path):
+def build_deployment(
+    endpoint_name: str, slot: str, model_info: dict, instance_type: str, instance_count: int, code_dir: Path
+):
     from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, OnlineRequestSettings
 
+    serving = serving_settings()
     return ManagedOnlineDeployment(
-        name=DEPLOYMENT_NAME,
+        name=slot,
         endpoint_name=endpoint_name,
         model=f"azureml:{model_info['name']}:{model_info['version']}",
         environment=INFERENCE_ENVIRONMENT,
         code_configuration=CodeConfiguration(code=str(code_dir), scoring_script=SCORE_SCRIPT),
         instance_type=instance_type,
         instance_count=instance_count,
-        # One generation at a time per GPU; 1024 new tokens of a 3.8B model take well under 90 s on a V100.
-        request_settings=OnlineRequestSettings(request_timeout_ms=90_000, max_concurrent_requests_per_instance=1),
+        # The variables serve_local.py sets for the same server locally (workers, threads).
+        environment_variables=_sibling("serve_local").server_environment(serving),
+        request_settings=OnlineRequestSettings(
+            request_timeout_ms=serving["request_timeout_ms"],
+            max_concurrent_requests_per_instance=serving["max_concurrent_requests_per_instance"],
+        ),
         tags={"model": f"{model_info['name']}:{model_info['version']}"},
     )
 
 
-def deploy_azure(ml_client, model_info: dict, endpoint_name: str, instance_type: str, instance_count: int) -> dict:
-    """Create/update the endpoint and its deployment, smoke-test the deployment, then give it 100% of traffic.
+def smoke_test_azure(ml_client, endpoint_name: str, deployment: str, tmp: Path) -> list[str]:
+    """The smoke test, addressed to ``deployment`` itself (it may take no traffic yet)."""
+    from azure.core.exceptions import HttpResponseError
 
-    ``ml_client`` is an ``azure.ai.ml.MLClient``; tests pass a recording fake with the same methods, so this
-    function must only use ``ml_client.online_endpoints`` / ``ml_client.online_deployments``.
-    """
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    where = f"{endpoint_name}/{deployment}"
+    request_file = tmp / "smoke_request.json"
 
-    endpoint = build_endpoint(endpoint_name, model_info)
-    with contextlib.suppress(ResourceNotFoundError):  # a first deployment: nothing to keep
-        # An update without traffic would send an empty routing table: keep the live one until the swap.
-        endpoint.traffic = dict(ml_client.online_endpoints.get(endpoint_name).traffic or {})
-    with tempfile.TemporaryDirectory(prefix="deploy_endpoint-") as tmp:
-        code_dir = stage_code(Path(tmp) / "code", with_launcher=False)
-        deployment = build_deployment(endpoint_name, model_info, instance_type, instance_count, code_dir)
-        print(f"creating/updating endpoint {endpoint_name} ...", flush=True)
-        ml_client.online_endpoints.begin_create_or_update(endpoint).result()
-        print(f"creating/updating deployment {DEPLOYMENT_NAME} ({instance_count} x {instance_type}) ...", flush=True)
-        ml_client.online_deployments.begin_create_or_update(deployment).result()
-        request_file = Path(tmp) / "smoke_request.json"
-        request_file.write_text(json.dumps(SMOKE_REQUEST), encoding="utf-8")
-        # Addressed to the deployment itself: a broken deployment is caught before it receives any traffic.
+    def send(request: dict) -> str:
+        request_file.write_text(json.dumps(request), encoding="utf-8")
         try:
             body = ml_client.online_endpoints.invoke(
-                endpoint_name=endpoint_name, deployment_name=DEPLOYMENT_NAME, request_file=str(request_file)
+                endpoint_name=endpoint_name, deployment_name=deployment, request_file=str(request_file)
             )
         except HttpResponseError as err:
             raise DeployError(
-                f"smoke test against {endpoint_name}/{DEPLOYMENT_NAME} failed: HTTP {err.status_code}: {err.message}; "
-                f"see the deployment logs: az ml online-deployment get-logs -e {endpoint_name} -n {DEPLOYMENT_NAME}"
+                f"smoke test against {where} failed: HTTP {err.status_code}: {err.message}; see the logs: "
+                f"az ml online-deployment get-logs -e {endpoint_name} -n {deployment}"
             ) from None
-    reply = check_reply(200, body if isinstance(body, str) else json.dumps(body), f"{endpoint_name}/{DEPLOYMENT_NAME}")
-    endpoint.traffic = {DEPLOYMENT_NAME: 100}
-    ml_client.online_endpoints.begin_create_or_update(endpoint).result()
-    live = ml_client.online_endpoints.get(endpoint_name)
-    print(f"{endpoint_name}: 100% to {DEPLOYMENT_NAME}; scoring URI {live.scoring_uri}", flush=True)
+        return check_reply(200, body if isinstance(body, str) else json.dumps(body), where)
+
+    return smoke_test(send, where)
+
+
+def _azure_summary(base: dict, endpoint, slot: str, previous: str | None, reused: bool, outputs: list[str]) -> dict:
+    """endpoint_info.json for target=azure: ``base`` (the model and size) and the endpoint as the service reports it."""
     return {
-        "endpoint_name": endpoint_name,
-        "url": live.scoring_uri,
-        "model_name": model_info["name"],
-        "model_version": str(model_info["version"]),
-        "model_uri": model_info["model_uri"],
-        "deployment_name": DEPLOYMENT_NAME,
-        "traffic": dict(live.traffic or {}),
-        "instance_type": instance_type,
-        "instance_count": instance_count,
-        "smoke_test_output": reply,
+        **base,
+        "url": endpoint.scoring_uri,
+        "traffic": dict(endpoint.traffic or {}),
+        "deployment_name": slot,
+        "previous_deployment": previous,
+        "reused": reused,
+        "smoke_test_outputs": outputs,
     }
+
+
+def deploy_azure(
+    ml_client, model_info: dict, endpoint_name: str, instance_type: str, instance_count: int, force: bool = False
+) -> dict:
+    """The blue/green rollout on Azure ML (steps in the module docstring).
+
+    ``ml_client`` is an ``azure.ai.ml.MLClient``; the tests pass a recording fake with the same methods, so this
+    function only uses ``ml_client.online_endpoints`` / ``ml_client.online_deployments``.
+    """
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    try:
+        traffic = dict(ml_client.online_endpoints.get(endpoint_name).traffic or {})
+    except ResourceNotFoundError:  # a first deployment
+        traffic = {}
+    live = live_deployment({"traffic": traffic})
+    wanted = f"{model_info['name']}:{model_info['version']}"
+    base = {"endpoint_name": endpoint_name, "model_name": model_info["name"], "model_uri": model_info["model_uri"]}
+    base.update({"model_version": str(model_info["version"]), "instance_type": instance_type})
+    base["instance_count"] = instance_count
+
+    with tempfile.TemporaryDirectory(prefix="deploy_endpoint-") as tmp:
+        if live and not force:
+            current = ml_client.online_deployments.get(name=live, endpoint_name=endpoint_name)
+            if (current.tags or {}).get("model") == wanted:
+                outputs = smoke_test_azure(ml_client, endpoint_name, live, Path(tmp))
+                endpoint = ml_client.online_endpoints.get(endpoint_name)
+                print(f"kept {endpoint_name}: {live} already serves {wanted}", flush=True)
+                return _azure_summary(base, endpoint, live, None, True, outputs)
+
+        new = next(slot for slot in SLOTS if slot != live)
+        # Create or update under the stable name; the live routing table goes with it unchanged until the swap.
+        print(f"creating/updating endpoint {endpoint_name} (traffic {traffic}) ...", flush=True)
+        ml_client.online_endpoints.begin_create_or_update(build_endpoint(endpoint_name, traffic)).result()
+        code_dir = stage_code(Path(tmp) / "code", with_launcher=False)
+        deployment = build_deployment(endpoint_name, new, model_info, instance_type, instance_count, code_dir)
+        print(f"creating deployment {new} ({instance_count} x {instance_type}, {wanted}) at 0% traffic ...", flush=True)
+        try:
+            ml_client.online_deployments.begin_create_or_update(deployment).result()
+            outputs = smoke_test_azure(ml_client, endpoint_name, new, Path(tmp))
+        except (DeployError, HttpResponseError) as err:
+            with contextlib.suppress(ResourceNotFoundError):  # a deployment that was never created
+                ml_client.online_deployments.begin_delete(name=new, endpoint_name=endpoint_name).result()
+            reason = str(err) if isinstance(err, DeployError) else f"deployment {new} failed: {err.message}"
+            kept = f"traffic stays {traffic}" if traffic else "no traffic was routed"
+            raise DeployError(f"{reason}\nrolled back: deployment {new} deleted; {kept}") from None
+
+    print(f"{endpoint_name}: moving 100% of traffic to {new} ...", flush=True)
+    ml_client.online_endpoints.begin_create_or_update(build_endpoint(endpoint_name, {new: 100})).result()
+    for old in (slot for slot, share in traffic.items() if share > 0 and slot != new):
+        print(f"deleting the previous deployment {old} ...", flush=True)
+        ml_client.online_deployments.begin_delete(name=old, endpoint_name=endpoint_name).result()
+    endpoint = ml_client.online_endpoints.get(endpoint_name)
+    print(f"{endpoint_name}: 100% to {new}; scoring URI {endpoint.scoring_uri}", flush=True)
+    return _azure_summary(base, endpoint, new, live, False, outputs)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -383,7 +635,7 @@ def main(args: argparse.Namespace) -> dict:
         home = os.environ.get("CHATFT_HOME")
         if not home:
             raise DeployError("CHATFT_HOME is not set: the local backend sets it to the output root (e.g. outputs/)")
-        info = deploy_local(model_info, args.endpoint_name, args.port, Path(home).resolve())
+        info = deploy_local(model_info, args.endpoint_name, args.port, Path(home).resolve(), args.force)
     else:
         if not args.instance_type or not args.instance_count:
             raise DeployError(
@@ -391,7 +643,12 @@ def main(args: argparse.Namespace) -> dict:
                 "infra/compute.json (online_endpoint)"
             )
         info = deploy_azure(
-            ml_client_from_job_env(), model_info, args.endpoint_name, args.instance_type, args.instance_count
+            ml_client_from_job_env(),
+            model_info,
+            args.endpoint_name,
+            args.instance_type,
+            args.instance_count,
+            args.force,
         )
     info = {"target": args.target, **info}
     out = Path(args.endpoint_info)

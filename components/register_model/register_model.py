@@ -1,10 +1,22 @@
-"""Register the fine-tuned model in the MLflow model registry, with its lineage, if the quality gate passed.
+"""Register the fine-tuned model in the MLflow model registry with its lineage and model card; promote it to
+``champion`` when the quality gate passed.
 
 The same code runs locally (MLflow on SQLite, set up by the local backend) and on Azure ML (the job's
 azureml-mlflow tracking URI): ``mlflow.start_run()`` attaches to the step's run either way.
 
-The model is logged as an MLflow pyfunc that wraps the merged Hugging Face folder unchanged (``chat_pyfunc.py``
-explains what it serves). Writes ``model_info/model_info.json``: name, version, model_uri, run_id, tags.
+What is registered: the **merged** weights (the LoRA adapter folded into the base), wrapped unchanged in an MLflow
+pyfunc (``chat_pyfunc.py``; artifact key ``merged_model``). Not adapter + base reference, because the endpoint
+then loads one ordinary Hugging Face folder: no PEFT at serving time, no second download of the base model (on
+Azure a registry asset the deployment would otherwise have to resolve and mount), and no per-request adapter
+overhead. The cost is storage: each version holds a full copy of the weights (538 MB for SmolLM2-135M in fp32,
+~7.6 GB for Phi-3-mini in bf16) instead of an adapter of a few MB.
+
+A failed quality gate stops the step before anything is registered (the evaluate step's run records why), so
+deploy_endpoint never sees that model. Otherwise the version is registered with tags for lineage (step and pipeline
+run, data fingerprint, base model, method, eval.* metrics, gate verdict) and ``MODEL_CARD.md`` stored with the model
+(artifact ``model_card``). A version whose gate passed gets the ``champion`` alias (``champion.py``: a tag on Azure
+ML); one registered without a gate (stand-alone use) stays a candidate. Writes ``model_info/model_info.json``
+(name, version, model_uri, run_id, tags, quality_gate, champion) and ``model_info/MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -12,11 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SPEC = HERE / "component.yml"
 # Shipped with the model so that it can serve itself exactly like the endpoint (see additional_includes).
 MODEL_CODE = HERE / "chat_pyfunc.py"
 SCORE_SCRIPT = HERE / "score.py"
@@ -25,25 +39,21 @@ SCORE_SCRIPT = HERE / "score.py"
 # jinja2 renders chat templates; transformers does not require it.
 MODEL_PACKAGES = (("mlflow", "mlflow-skinny"), ("torch",), ("transformers",), ("safetensors",), ("jinja2",))
 MAX_METRIC_TAGS = 40  # model version tags are for lineage; the full report stays in eval_report.json
+TRAIN_METRICS = "train_metrics.json"  # written by finetune into merged_model/
+CARD = "MODEL_CARD.md"
 
 
 class RegistrationError(RuntimeError):
-    """An input is missing or malformed, or the quality gate said no; the message says what and where."""
+    """An input is missing or malformed; the message says what and where."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tuned_model", required=True, help="folder holding the merged Hugging Face checkpoint")
-    parser.add_argument("--eval_report", required=True, help="folder with eval_report.json")
-    parser.add_argument("--quality_gate", help="folder with quality_gate.json; passed=false refuses registration")
-    parser.add_argument("--split_info", required=True, help="folder with split_info.json (its data fingerprint)")
-    parser.add_argument("--model_name", required=True, help="registered model name")
-    parser.add_argument("--base_model_name", required=True, help="the base model, recorded for lineage")
-    parser.add_argument("--model_info", required=True, help="output folder for model_info.json")
-    return parser.parse_args(argv)
+    from chatft.component_cli import spec_arg_parser
+
+    return spec_arg_parser(SPEC, description=__doc__.split("\n\n")[0]).parse_args(argv)
 
 
-def _read_json(folder: str, name: str) -> dict:
+def _read_json(folder: str | Path, name: str) -> dict:
     path = Path(folder) / name
     if not path.is_file():
         raise RegistrationError(f"{path}: not found; the upstream step should have written it")
@@ -56,20 +66,19 @@ def _read_json(folder: str, name: str) -> dict:
     return data
 
 
-def check_quality_gate(folder: str | None) -> dict | None:
-    """The gate's verdict, or None without a gate. Raises when it did not pass: nothing may be registered."""
+def read_quality_gate(folder: str | Path | None) -> dict | None:
+    """The gate's verdict ({"passed": bool, "reason": ...}), or None without a gate."""
     if folder is None:
         return None
     gate = _read_json(folder, "quality_gate.json")
-    path = Path(folder) / "quality_gate.json"
     if not isinstance(gate.get("passed"), bool):
+        path = Path(folder) / "quality_gate.json"
         raise RegistrationError(f'{path}: "passed" must be true or false, got {json.dumps(gate.get("passed"))}')
-    if not gate["passed"]:
-        raise RegistrationError(
-            f"{path}: quality gate failed: {gate.get('reason', 'no reason given')}. The model was not registered; "
-            "improve the model or adjust the gate's thresholds in the evaluate step, then re-run."
-        )
     return gate
+
+
+def gate_verdict(gate: dict | None) -> str:
+    return "not checked" if gate is None else "passed" if gate["passed"] else "failed"
 
 
 def metric_tags(report: dict, prefix: str = "eval") -> dict[str, str]:
@@ -88,12 +97,15 @@ def metric_tags(report: dict, prefix: str = "eval") -> dict[str, str]:
     return tags
 
 
-def lineage_tags(args: argparse.Namespace, run_id: str, fingerprint: str, report: dict, gate: dict | None) -> dict:
+def lineage_tags(
+    args: argparse.Namespace, lineage: dict, fingerprint: str, method: str, report: dict, gate: dict | None
+) -> dict[str, str]:
     tags = {
-        "run_id": run_id,
+        **lineage,
         "data_fingerprint": fingerprint,
         "base_model": args.base_model_name,
-        "quality_gate": "passed" if gate else "not checked",
+        "method": method,
+        "quality_gate": gate_verdict(gate),
     }
     if gate and gate.get("reason"):
         tags["quality_gate_reason"] = str(gate["reason"])[:500]
@@ -116,9 +128,61 @@ def _pins() -> list[str]:
     return pins
 
 
-def main(args: argparse.Namespace) -> None:
+def finetune_params(client, run, tuned_model: Path) -> dict[str, str]:
+    """The finetune step's MLflow run parameters, if that run can be found; {} otherwise (the card says so).
+
+    Found as a sibling of this step's run under the pipeline run (Azure ML and the local backend both nest step
+    runs that way), or, for a finetune step the local backend reused from an earlier pipeline run, as the run
+    whose ``merged_model`` output is this step's ``tuned_model`` folder.
+    """
+    from mlflow.exceptions import MlflowException
+
+    queries = []
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if parent:
+        queries.append(f"tags.mlflow.parentRunId = '{parent}'")
+    if "'" not in str(tuned_model):
+        queries.append(f"params.merged_model = '{tuned_model}'")
+    for query in queries:
+        try:
+            found = client.search_runs([run.info.experiment_id], filter_string=query, max_results=50)
+        except MlflowException:
+            continue  # a registry that cannot filter this way: the card says "not recorded"
+        for candidate in found:
+            if {"learning_rate", "method"} <= set(candidate.data.params):
+                return dict(candidate.data.params)
+    return {}
+
+
+def _context_length(model_dir: Path) -> int | None:
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_position_embeddings")
+    return value if isinstance(value, int) else None
+
+
+def _summary(name: str, args: argparse.Namespace, method: str, gate: dict | None, promoted: bool) -> str:
+    """The version's registry description: one paragraph (the full card is an artifact of the model)."""
+    verdict = gate_verdict(gate)
+    reason = f" ({gate['reason']})" if gate and gate.get("reason") else ""
+    role = "champion" if promoted else "candidate (not champion)"
+    return (
+        f"{name}: {args.base_model_name} fine-tuned with {method}, weights merged. Quality gate {verdict}{reason}; "
+        f"registered as {role}. Full model card: {CARD} (artifact model_card of the model)."
+    )[:1000]
+
+
+def main(args: argparse.Namespace) -> dict:
     # Everything that can refuse the registration is checked before MLflow is imported or a byte is copied.
-    gate = check_quality_gate(args.quality_gate)
+    gate = read_quality_gate(args.quality_gate)
+    if gate and not gate["passed"]:
+        raise RegistrationError(
+            f"{Path(args.quality_gate) / 'quality_gate.json'}: quality gate failed: "
+            f"{gate.get('reason', 'no reason given')}. Nothing was registered and nothing will be deployed; "
+            "improve the model or adjust the gate's thresholds in the evaluate step, then re-run."
+        )
     report = _read_json(args.eval_report, "eval_report.json")
     split = _read_json(args.split_info, "split_info.json")
     fingerprint = split.get("fingerprint")
@@ -133,33 +197,77 @@ def main(args: argparse.Namespace) -> None:
         model_dir = find_model_dir(args.tuned_model)
     except ModelNotFoundError as err:
         raise RegistrationError(f"tuned_model: {err}") from None
+    train = _read_json(model_dir, TRAIN_METRICS) if (model_dir / TRAIN_METRICS).is_file() else {}
     requirements = _pins()
 
     import mlflow
+    from champion import get_champion, on_azure, set_champion
+    from mlflow import MlflowClient
+    from model_card import render
 
-    with mlflow.start_run() as run:
-        tags = lineage_tags(args, run.info.run_id, fingerprint, report, gate)
+    promote = bool(gate and gate["passed"])
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory(prefix="register_model-") as tmp:
+        client = MlflowClient()
+        azure = on_azure(mlflow.get_registry_uri())
+        params = finetune_params(client, run, Path(args.tuned_model))
+        method = str(train.get("method") or params.get("method") or "unknown")
+        lineage = {"run_id": run.info.run_id}
+        if run.data.tags.get("mlflow.parentRunId"):
+            lineage["pipeline_run_id"] = run.data.tags["mlflow.parentRunId"]
+        tags = lineage_tags(args, lineage, fingerprint, method, report, gate)
+        previous = get_champion(client, args.model_name, azure)
+        previous_label = f"{args.model_name} version {previous.version}" if previous else None
+        card = render(
+            model_name=args.model_name,
+            base_model=args.base_model_name,
+            lineage=lineage,
+            split=split,
+            train=train,
+            params=params,
+            report=report,
+            gate=gate,
+            promoted=promote,
+            previous_champion=previous_label,
+            context_length=_context_length(model_dir),
+        )
+        card_path = Path(tmp) / CARD
+        card_path.write_text(card, encoding="utf-8")
         logged = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
-            artifacts={"merged_model": str(model_dir)},
+            # The key merged_model is read by evaluate (the champion's weights) and by chat_pyfunc.
+            artifacts={"merged_model": str(model_dir), "model_card": str(card_path)},
             code_paths=[str(SCORE_SCRIPT), str(HERE / "chatft")],
             pip_requirements=requirements,
         )
         registered = mlflow.register_model(logged.model_uri, args.model_name, tags=tags)
-        mlflow.set_tags({**tags, "registered_model": f"{registered.name}:{registered.version}"})
+        version = str(registered.version)
+        client.update_model_version(
+            args.model_name, version, description=_summary(args.model_name, args, method, gate, promote)
+        )
+        champion_via = set_champion(client, args.model_name, version, azure) if promote else None
+        mlflow.set_tags({**tags, "registered_model": f"{registered.name}:{version}"})
+        mlflow.log_text(card, CARD)
 
     info = {
         "name": registered.name,
-        "version": str(registered.version),
-        "model_uri": f"models:/{registered.name}/{registered.version}",
+        "version": version,
+        "model_uri": f"models:/{registered.name}/{version}",
         "run_id": run.info.run_id,
         "tags": tags,
+        "quality_gate": gate_verdict(gate),
+        "quality_gate_reason": gate.get("reason") if gate else None,
+        "champion": promote,
+        "champion_via": champion_via,
+        "previous_champion": str(previous.version) if previous else None,
     }
     out = Path(args.model_info)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    print(f"registered {info['model_uri']} from {model_dir} (run {info['run_id']})", flush=True)
+    (out / CARD).write_text(card, encoding="utf-8")
+    role = f"champion (via {champion_via})" if promote else f"candidate only: quality gate {gate_verdict(gate)}"
+    print(f"registered {info['model_uri']} from {model_dir} (run {info['run_id']}): {role}", flush=True)
+    return info
 
 
 if __name__ == "__main__":

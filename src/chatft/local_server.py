@@ -1,18 +1,52 @@
-"""The local endpoint's server process: is it alive, is it ours, and stopping it.
+"""The local endpoint: its processes, its traffic map, and the router that gives it one stable URL.
 
-Shared by the deploy_endpoint component (which starts and replaces servers) and ``pipelines.endpoint``
-(``make stop`` / ``make status``), so both judge a recorded PID the same way.
+An endpoint named N lives in ``$CHATFT_HOME/endpoints/N/``:
+
+    endpoint.json     the traffic map (written atomically by deploy_endpoint): the router's port, each deployment
+                      slot (blue/green: pid, port, model version) and the traffic split, e.g. {"green": 100}
+    router.log        one line per request: the slot that answered, status, milliseconds
+    blue/, green/     a slot's code and server.log (one azureml-inference-server-http process per slot)
+    models/<version>/ the registered model, downloaded once per version
+
+Clients call the router at ``http://127.0.0.1:<port>/score``; it forwards each request to a slot by the map
+(re-read when the file changes) and names that slot in the ``azureml-model-deployment`` response header. This is how
+an Azure ML managed endpoint behaves: its scoring URI stays put while deployments come and go, and the same
+request header pins a request to one deployment. A router, rather than clients reading the map themselves, keeps
+``curl``, the benchmark and Prompt Flow on one URL that survives every blue/green swap, at the cost of one loopback
+hop (well under a millisecond next to a generation).
+
+Shared by deploy_endpoint (starts and replaces processes) and ``pipelines.endpoint`` (status, stop, teardown), so
+both judge a recorded PID the same way. Run the router alone with
+``python -m chatft.local_server --map ENDPOINT_HOME/endpoint.json --port 8890``.
 """
 
 from __future__ import annotations
 
+import argparse
+import http.client
+import json
 import os
+import random
 import signal
+import socket
+import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-LAUNCHER = "serve_local.py"  # the process deploy_endpoint records; a PID running anything else is not ours
+LAUNCHER = "serve_local.py"  # a deployment slot's process; a PID running anything else is not ours
+ROUTER_MODULE = "chatft.local_server"  # the router's process (python -m chatft.local_server)
+MAP_FILE = "endpoint.json"
+DEPLOYMENT_HEADER = "azureml-model-deployment"  # Azure ML's header: pins a request / names who answered
+LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT_S = 15
+FORWARD_TIMEOUT_S = 600  # a long CPU generation: 1024 tokens at ~18 tokens/s is ~60 s; generous for a slow box
+# Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the ones the router sets itself.
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date", "upgrade"}
+
+
+# ---- processes ---------------------------------------------------------------------------------------------------
 
 
 def pid_running(pid: int) -> bool:
@@ -30,24 +64,27 @@ def pid_running(pid: int) -> bool:
         return not stat.parent.parent.is_dir()  # no /proc (macOS): trust os.kill
 
 
-def is_our_server(pid: int) -> bool:
-    """The recorded PID is still our launcher, not an unrelated process that reused the number."""
-    if not pid_running(pid):
+def is_our_server(pid: int | None) -> bool:
+    """The recorded PID is still one of our endpoint processes (a slot or the router), not a reused number."""
+    if not pid or not pid_running(pid):
         return False
     cmdline = Path(f"/proc/{pid}/cmdline")
-    return LAUNCHER.encode() in cmdline.read_bytes() if cmdline.is_file() else True
+    if not cmdline.is_file():
+        return True
+    command = cmdline.read_bytes()
+    return LAUNCHER.encode() in command or ROUTER_MODULE.encode() in command
 
 
-def stop_server(pid: int) -> bool:
-    """Stop the server's whole process group (gunicorn master and worker); escalate to SIGKILL if it hangs.
+def stop_server(pid: int | None) -> bool:
+    """Stop the process's whole group (gunicorn master and worker, or the router); SIGKILL if it hangs.
 
-    Returns False, touching nothing, when ``pid`` is not our server.
+    Returns False, touching nothing, when ``pid`` is not one of our processes.
     """
     if not is_our_server(pid):
         return False
     group = os.getpgid(pid) == pid  # started as a session leader, so the group is exactly the server
     kill = (lambda sig: os.killpg(pid, sig)) if group else (lambda sig: os.kill(pid, sig))
-    kill(signal.SIGTERM)
+    kill(signal.SIGTERM)  # gunicorn: finish the requests in flight, then exit
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while pid_running(pid):
         if time.monotonic() > deadline:
@@ -55,3 +92,174 @@ def stop_server(pid: int) -> bool:
             break
         time.sleep(0.1)
     return True
+
+
+# ---- the traffic map ---------------------------------------------------------------------------------------------
+
+
+def read_map(path: Path) -> dict | None:
+    """The endpoint's record, or None when there is none."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def write_map(path: Path, record: dict) -> None:
+    """Replace the map in one step: a reader (the router) sees the old map or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, indent=2) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def live_deployment(record: dict | None) -> str | None:
+    """The slot taking the most traffic (None when none takes any)."""
+    traffic = {name: share for name, share in ((record or {}).get("traffic") or {}).items() if share > 0}
+    return max(traffic, key=traffic.get) if traffic else None
+
+
+class NoRoute(LookupError):
+    """No deployment can take this request; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def route(record: dict | None, requested: str | None, rng: random.Random) -> tuple[str, int]:
+    """(slot, port) for one request: the slot named in the header if any, else one drawn by the traffic weights."""
+    if not record:
+        raise NoRoute(503, "this endpoint has been removed (no traffic map); deploy it again with `make run`")
+    deployments = record.get("deployments") or {}
+    if requested:
+        if requested not in deployments:
+            known = ", ".join(deployments) or "none"
+            raise NoRoute(404, f"{DEPLOYMENT_HEADER}: no deployment {requested!r} (deployments: {known})")
+        return requested, deployments[requested]["port"]
+    weighted = [(name, share) for name, share in (record.get("traffic") or {}).items() if share > 0]
+    weighted = [(name, share) for name, share in weighted if name in deployments]
+    if not weighted:
+        raise NoRoute(503, f"endpoint {record.get('endpoint_name')!r} has no deployment taking traffic")
+    names, shares = zip(*weighted, strict=True)
+    name = rng.choices(names, weights=shares)[0]
+    return name, deployments[name]["port"]
+
+
+class _MapCache:
+    """The map, re-read only when the file was replaced (one stat per request)."""
+
+    def __init__(self, path: Path):
+        self.path, self.key, self.record = Path(path), None, None
+        self.lock = threading.Lock()
+
+    def get(self) -> dict | None:
+        try:
+            stat = self.path.stat()
+            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            return None
+        with self.lock:
+            if key != self.key:
+                self.record, self.key = read_map(self.path), key
+            return self.record
+
+
+# ---- the router --------------------------------------------------------------------------------------------------
+
+
+class _RouterHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive for clients that reuse connections (the benchmark does)
+    server_version = "chatft-router"
+
+    def setup(self):
+        super().setup()
+        # Headers and body leave in two writes; with Nagle's algorithm on, the body would wait for the client's
+        # delayed ACK of the headers (~40 ms per request on a kept-alive connection).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self):
+        self._forward()
+
+    def do_POST(self):
+        self._forward()
+
+    def _reply(self, status: int, body: bytes, headers: list[tuple[str, str]], slot: str | None) -> None:
+        self.slot = slot  # before send_response, which logs the request
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        if slot:
+            self.send_header(DEPLOYMENT_HEADER, slot)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str, slot: str | None = None) -> None:
+        body = json.dumps({"message": message}).encode()
+        self._reply(status, body, [("Content-Type", "application/json")], slot)
+
+    def _forward(self) -> None:
+        self.started, self.slot = time.perf_counter(), None
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            return self._error(411, "send the body with a Content-Length (chunked uploads are not supported)")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            return self._error(400, f"Content-Length is not a number: {self.headers.get('Content-Length')!r}")
+        body = self.rfile.read(length) if length > 0 else None
+        try:
+            slot, port = route(self.server.map.get(), self.headers.get(DEPLOYMENT_HEADER), self.server.rng)
+        except NoRoute as err:
+            return self._error(err.status, str(err))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS and k.lower() != "host"}
+        upstream = http.client.HTTPConnection(LOOPBACK, port, timeout=FORWARD_TIMEOUT_S)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+        except OSError as err:
+            return self._error(502, f"deployment {slot} ({LOOPBACK}:{port}) did not answer: {err}", slot)
+        finally:
+            upstream.close()
+        passed = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_HEADERS | {DEPLOYMENT_HEADER}]
+        self._reply(response.status, data, passed, slot)
+
+    def log_request(self, code="-", size="-"):
+        took = (time.perf_counter() - getattr(self, "started", time.perf_counter())) * 1000
+        self.log_message('"%s" %s -> %s %.1f ms', self.requestline, code, getattr(self, "slot", None), took)
+
+
+class Router(ThreadingHTTPServer):
+    daemon_threads = True  # a hung upstream never blocks shutdown
+    allow_reuse_address = True  # as gunicorn: a port in TIME_WAIT after a restart is free
+
+    def __init__(self, map_path: Path, port: int):
+        super().__init__((LOOPBACK, port), _RouterHandler)
+        self.map = _MapCache(map_path)
+        self.rng = random.Random()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve a local endpoint's stable URL by its traffic map.")
+    parser.add_argument("--map", required=True, type=Path, help=f"the endpoint's {MAP_FILE}")
+    parser.add_argument("--port", required=True, type=int, help=f"port on {LOOPBACK}")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    router = Router(args.map, args.port)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=router.shutdown, daemon=True).start())
+    print(f"routing http://{LOOPBACK}:{args.port} by {args.map}", file=sys.stderr, flush=True)
+    router.serve_forever()
+    router.server_close()
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,4 +1,9 @@
-"""deploy_endpoint.py: the Azure path against a recording fake MLClient; the local path with real servers; the CLI."""
+"""deploy_endpoint.py: the blue/green rollout on Azure against a recording fake MLClient; locally with real
+registry, real servers and the real router; the CLI.
+
+The Azure half is a simulation (tests/helpers/fake_azure.py says what it can and cannot show); the local half runs
+the same rollout logic on real processes: a swap under load, an idempotent re-deploy and a rollback.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,10 +23,18 @@ import pytest
 import yaml
 
 from chatft.local_server import pid_running
+from tests.helpers.fake_azure import FakeMLClient, http_error
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENT = REPO / "components" / "deploy_endpoint"
 MODEL_INFO = {"name": "chat-ft", "version": "3", "model_uri": "models:/chat-ft/3", "run_id": "r", "tags": {}}
+MODEL_INFO_4 = {**MODEL_INFO, "version": "4", "model_uri": "models:/chat-ft/4"}
+SEED_REQUEST = {
+    "input_data": {
+        "input_string": [{"role": "user", "content": "How do I restart my router?"}],
+        "parameters": {"temperature": 0.7, "max_new_tokens": 128},
+    }
+}
 
 
 def _load(path: Path, name: str):
@@ -49,139 +63,176 @@ def write_model_info(folder: Path, info: dict) -> Path:
 # ---- target=azure against a recording fake -----------------------------------------------------------------------
 
 
-class _Done:
-    """Stands in for an LROPoller that has finished."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
-
-
-class _RecordingOperations:
-    def __init__(self, client: RecordingMLClient, kind: str):
-        self.client, self.kind = client, kind
-
-    def begin_create_or_update(self, entity):
-        # Serialize with the SDK at call time, as the real client does before sending.
-        self.client.calls.append((self.kind, "begin_create_or_update", entity._to_dict()))
-        if self.kind == "online_deployments":
-            code = Path(entity.code_configuration.code)
-            self.client.code_files = sorted(str(p.relative_to(code)) for p in code.rglob("*.py"))
-        else:
-            self.client.endpoints[entity.name] = entity
-        return _Done(entity)
-
-    def get(self, name):
-        from azure.ai.ml.entities import ManagedOnlineEndpoint
-        from azure.core.exceptions import ResourceNotFoundError
-
-        self.client.calls.append((self.kind, "get", name))
-        if name not in self.client.endpoints:
-            raise ResourceNotFoundError(f"endpoint {name} not found")
-        # A fresh object, as the service returns, with the read-only fields it fills in.
-        stored = self.client.endpoints[name]
-        return ManagedOnlineEndpoint(
-            name=name,
-            auth_mode=stored.auth_mode,
-            traffic=dict(stored.traffic),
-            scoring_uri=f"https://{name}.westeurope.inference.ml.azure.com/score",
-        )
-
-    def invoke(self, endpoint_name, request_file, deployment_name=None):
-        request = json.loads(Path(request_file).read_text())
-        self.client.calls.append((self.kind, "invoke", {"deployment_name": deployment_name, "request": request}))
-        if isinstance(self.client.invoke_reply, Exception):
-            raise self.client.invoke_reply
-        return self.client.invoke_reply
-
-
-class RecordingMLClient:
-    """Records what deploy_azure asks of MLClient; never touches the network or a credential."""
-
-    def __init__(self, invoke_reply: str | Exception = '{"output": "Hello!"}', existing: dict | None = None):
-        self.calls: list[tuple] = []
-        self.endpoints: dict = dict(existing or {})
-        self.code_files: list[str] = []
-        self.invoke_reply = invoke_reply
-        self.online_endpoints = _RecordingOperations(self, "online_endpoints")
-        self.online_deployments = _RecordingOperations(self, "online_deployments")
-
-    def sequence(self) -> list[tuple[str, str]]:
-        return [(kind, method) for kind, method, _ in self.calls]
-
-
-def test_azure_deploy_call_sequence_and_objects(deploy, compute):
-    client = RecordingMLClient()
+def test_azure_first_deploy_creates_blue_smoke_tests_it_then_routes_to_it(deploy, compute):
+    client = FakeMLClient()
     info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", compute["instance_type"], compute["instance_count"])
 
     assert client.sequence() == [
-        ("online_endpoints", "get"),  # does it exist (to keep its traffic)?
-        ("online_endpoints", "begin_create_or_update"),
-        ("online_deployments", "begin_create_or_update"),
-        ("online_endpoints", "invoke"),  # smoke test of the deployment before it gets traffic
-        ("online_endpoints", "begin_create_or_update"),  # traffic 100%
-        ("online_endpoints", "get"),
+        "online_endpoints.get",  # does it exist (to keep its traffic)? No.
+        "online_endpoints.begin_create_or_update",  # created, routing nothing
+        "online_deployments.begin_create_or_update",  # blue, at 0% traffic
+        "online_endpoints.invoke",  # smoke tests, addressed to blue itself
+        "online_endpoints.invoke",
+        "online_endpoints.begin_create_or_update",  # traffic 100% to blue
+        "online_endpoints.get",
     ]
-    endpoint, deployment, smoke, routed = (client.calls[i][2] for i in (1, 2, 3, 4))
-    assert endpoint["name"] == "chat-ft" and endpoint["auth_mode"] == "key" and endpoint["traffic"] == {}
+    created, routed = client.payloads("online_endpoints.begin_create_or_update")
+    assert created["name"] == "chat-ft" and created["auth_mode"] == "key" and created["traffic"] == {}
+    assert routed["traffic"] == {"blue": 100}
+    (deployment,) = client.payloads("online_deployments.begin_create_or_update")
+    assert deployment["name"] == "blue" and deployment["endpoint_name"] == "chat-ft"
+    assert deployment["type"] == "managed"
     assert deployment["instance_type"] == compute["instance_type"] == "Standard_NC6s_v3"
     assert deployment["instance_count"] == compute["instance_count"] == 1
-    assert deployment["type"] == "managed"
-    assert deployment["endpoint_name"] == "chat-ft" and deployment["name"] == deploy.DEPLOYMENT_NAME
-    assert deployment["model"] == "azureml:chat-ft:3"
+    assert deployment["model"] == "azureml:chat-ft:3" and deployment["tags"] == {"model": "chat-ft:3"}
     assert deployment["environment"] == "azureml:chatft-inference:1"
     assert deployment["code_configuration"]["scoring_script"] == "score.py"
-    assert "score.py" in client.code_files and "chatft/model_source.py" in client.code_files
-    assert "deploy_endpoint.py" not in client.code_files and "serve_local.py" not in client.code_files
-    assert smoke["deployment_name"] == deploy.DEPLOYMENT_NAME
-    assert routed["traffic"] == {deploy.DEPLOYMENT_NAME: 100}
-    assert info["traffic"] == {deploy.DEPLOYMENT_NAME: 100}
+    assert {"score.py", "serving.json", "chatft/model_source.py"} <= set(deployment["_uploaded_files"])
+    assert not {"deploy_endpoint.py", "serve_local.py", "component.yml"} & set(deployment["_uploaded_files"])
+    assert {call["deployment_name"] for call in client.payloads("online_endpoints.invoke")} == {"blue"}
+    assert info["traffic"] == {"blue": 100} and info["deployment_name"] == "blue"
+    assert info["previous_deployment"] is None and info["reused"] is False
     assert info["url"] == "https://chat-ft.westeurope.inference.ml.azure.com/score"
-    assert info["smoke_test_output"] == "Hello!"
+    assert info["smoke_test_outputs"] == ["Hello!", "Hello!"]
 
 
-def test_azure_smoke_request_passes_the_scoring_contract(deploy):
+def test_azure_objects_load_back_with_the_sdk_schemas(deploy, tmp_path):
+    """What the fake received is valid endpoint/deployment YAML for the SDK (as `az ml ... create -f` reads it)."""
+    from azure.ai.ml import load_online_deployment, load_online_endpoint
+
+    client = FakeMLClient()
+    deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
+    endpoint = client.payloads("online_endpoints.begin_create_or_update")[-1]
+    deployment = {k: v for k, v in client.payloads("online_deployments.begin_create_or_update")[0].items()}
+    deployment.pop("_uploaded_files")
+    deployment["code_configuration"]["code"] = str(tmp_path)  # the staged folder is gone with the step
+    (tmp_path / "endpoint.yml").write_text(yaml.safe_dump(json.loads(json.dumps(endpoint))))
+    (tmp_path / "deployment.yml").write_text(yaml.safe_dump(json.loads(json.dumps(deployment))))
+    assert load_online_endpoint(tmp_path / "endpoint.yml").traffic == {"blue": 100}
+    reloaded = load_online_deployment(tmp_path / "deployment.yml")
+    assert reloaded.instance_type == "Standard_NC6s_v3" and reloaded.request_settings.request_timeout_ms > 0
+    assert reloaded.environment_variables["WORKER_COUNT"]
+
+
+def test_azure_smoke_requests_pass_the_scoring_contract(deploy):
     score = _load(COMPONENT / "score.py", "score_for_deploy_test")
-    client = RecordingMLClient()
+    client = FakeMLClient()
     deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
-    request = next(payload for _, method, payload in client.calls if method == "invoke")["request"]
-    messages, params = score.parse_request(json.dumps(request))
-    assert messages[-1]["role"] == "user" and params["do_sample"] is False
+    requests = [call["request"] for call in client.payloads("online_endpoints.invoke")]
+    assert requests == list(deploy.SMOKE_REQUESTS)
+    for request in requests:
+        messages, params = score.parse_request(json.dumps(request))
+        assert messages[-1]["role"] == "user" and params["temperature"] == 0.7  # sampled, as the seed's request
+    assert requests[0]["input_data"]["input_string"] == SEED_REQUEST["input_data"]["input_string"]
 
 
-def test_azure_redeploy_keeps_live_traffic_until_the_swap(deploy):
-    from azure.ai.ml.entities import ManagedOnlineEndpoint
-
-    live = ManagedOnlineEndpoint(name="chat-ft", auth_mode="key", traffic={"main": 100})
-    client = RecordingMLClient(existing={"chat-ft": live})
-    deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
-    first_update = client.calls[1][2]
-    assert first_update["traffic"] == {"main": 100}  # not an empty routing table
+def test_azure_one_blank_sampled_answer_is_asked_again(deploy):
+    client = FakeMLClient()
+    client.invoke_replies["blue"] = ['{"output": ""}', '{"output": "Unplug it."}', '{"output": "Check the cable."}']
+    info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
+    assert client.sequence().count("online_endpoints.invoke") == 3
+    assert info["smoke_test_outputs"] == ["Unplug it.", "Check the cable."]
 
 
-def _http_error(status: int, message: str):
-    from azure.core.exceptions import HttpResponseError
+def test_azure_new_version_goes_blue_to_green_then_blue_is_deleted(deploy):
+    client = FakeMLClient().with_live("chat-ft", "blue", "chat-ft:3")
+    info = deploy.deploy_azure(client, MODEL_INFO_4, "chat-ft", "Standard_NC6s_v3", 1)
 
-    error = HttpResponseError(message=message)
-    error.status_code = status
-    return error
+    assert client.sequence() == [
+        "online_endpoints.get",
+        "online_deployments.get",  # what does blue serve? chat-ft:3, not 4
+        "online_endpoints.begin_create_or_update",  # updated, still 100% blue
+        "online_deployments.begin_create_or_update",  # green
+        "online_endpoints.invoke",
+        "online_endpoints.invoke",
+        "online_endpoints.begin_create_or_update",  # 100% green
+        "online_deployments.begin_delete",  # blue
+        "online_endpoints.get",
+    ]
+    kept, swapped = client.payloads("online_endpoints.begin_create_or_update")
+    assert kept["traffic"] == {"blue": 100}  # an update never sends an empty routing table
+    assert swapped["traffic"] == {"green": 100}
+    assert client.payloads("online_deployments.begin_create_or_update")[0]["name"] == "green"
+    assert {c["deployment_name"] for c in client.payloads("online_endpoints.invoke")} == {"green"}
+    assert client.payloads("online_deployments.begin_delete") == ["blue"]
+    assert set(client.deployments) == {("chat-ft", "green")}
+    assert info["deployment_name"] == "green" and info["previous_deployment"] == "blue"
+    assert info["traffic"] == {"green": 100}
+
+    # The next version goes back to blue.
+    again = deploy.deploy_azure(client, {**MODEL_INFO, "version": "5"}, "chat-ft", "Standard_NC6s_v3", 1)
+    assert again["deployment_name"] == "blue" and again["previous_deployment"] == "green"
+    assert set(client.deployments) == {("chat-ft", "blue")}
+
+
+def test_azure_redeploy_of_the_live_version_only_smoke_tests_it(deploy):
+    client = FakeMLClient().with_live("chat-ft", "green", "chat-ft:3")
+    info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
+    assert client.sequence() == [
+        "online_endpoints.get",
+        "online_deployments.get",
+        "online_endpoints.invoke",
+        "online_endpoints.invoke",
+        "online_endpoints.get",
+    ]
+    assert {c["deployment_name"] for c in client.payloads("online_endpoints.invoke")} == {"green"}
+    assert info["reused"] is True and info["deployment_name"] == "green" and info["traffic"] == {"green": 100}
+
+
+def test_azure_force_redeploys_the_live_version_to_the_other_slot(deploy):
+    client = FakeMLClient().with_live("chat-ft", "green", "chat-ft:3")
+    info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1, force=True)
+    assert "online_deployments.get" not in client.sequence()
+    assert info["deployment_name"] == "blue" and info["previous_deployment"] == "green" and not info["reused"]
 
 
 @pytest.mark.parametrize(
-    "invoke_reply",
+    ("fail", "expected"),
     [
-        '{"message": "An unexpected error occurred in scoring script."}',  # the body of a 500
-        _http_error(424, "model init failed"),  # what the SDK raises for a non-2xx answer
+        ("reply", r"smoke test against chat-ft/green failed: HTTP 200: \{\"message\""),
+        ("empty", "smoke test against chat-ft/green failed: the model answered with empty text 3 times in a row"),
+        ("http", "smoke test against chat-ft/green failed: HTTP 424: model init failed; see the logs"),
+        ("create", "deployment green failed: container crashed"),
     ],
 )
-def test_azure_failed_smoke_test_routes_no_traffic(deploy, invoke_reply):
-    client = RecordingMLClient(invoke_reply=invoke_reply)
-    with pytest.raises(deploy.DeployError, match="smoke test against chat-ft/main failed"):
-        deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
-    updates = [payload for kind, method, payload in client.calls if method == "begin_create_or_update"]
-    assert all(update.get("traffic", {}) == {} for update in updates if "auth_mode" in update)
+def test_azure_failed_smoke_test_deletes_the_new_slot_and_keeps_traffic(deploy, fail, expected):
+    client = FakeMLClient().with_live("chat-ft", "blue", "chat-ft:3")
+    if fail == "reply":
+        client.invoke_replies["green"] = '{"message": "An unexpected error occurred in scoring script."}'
+    elif fail == "empty":
+        client.invoke_replies["green"] = '{"output": "  "}'
+    elif fail == "http":
+        client.invoke_replies["green"] = http_error(424, "model init failed")
+    else:
+        client.create_error = http_error(500, "container crashed")
+    with pytest.raises(deploy.DeployError, match=expected) as raised:
+        deploy.deploy_azure(client, MODEL_INFO_4, "chat-ft", "Standard_NC6s_v3", 1)
+    assert "rolled back: deployment green deleted; traffic stays {'blue': 100}" in str(raised.value)
+    updates = client.payloads("online_endpoints.begin_create_or_update")
+    assert [update["traffic"] for update in updates] == [{"blue": 100}]  # never routed to green
+    assert client.payloads("online_deployments.begin_delete") == ["green"]
+    assert set(client.deployments) == {("chat-ft", "blue")}  # the live slot untouched
+
+
+def test_azure_serving_settings_reach_the_deployment(deploy, tmp_path):
+    serving = json.loads((COMPONENT / "serving.json").read_text())
+    serve_local = _load(COMPONENT / "serve_local.py", "serve_local_for_deploy_test")
+    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+    limits = deployment.request_settings
+    assert limits.max_concurrent_requests_per_instance == serving["max_concurrent_requests_per_instance"]
+    assert limits.request_timeout_ms == serving["request_timeout_ms"]
+    # The same worker/thread variables as the local server gets, so both serve alike.
+    assert deployment.environment_variables == serve_local.server_environment(serving)
+    assert deployment.environment_variables["WORKER_COUNT"] == str(serving["worker_count"])
+
+
+def test_a_bad_serving_json_stops_the_deployment(deploy, tmp_path, monkeypatch):
+    for name in ("score.py", "serve_local.py"):
+        shutil.copy2(COMPONENT / name, tmp_path / name)
+    (tmp_path / "serving.json").write_text('{"worker_count": 1}')
+    monkeypatch.setattr(deploy, "HERE", tmp_path)
+    with pytest.raises(deploy.DeployError, match=r"serving.json: unknown key\(s\) -, missing key\(s\)"):
+        deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
 
 
 def test_azure_client_needs_the_job_environment(deploy, monkeypatch):
@@ -204,20 +255,26 @@ def test_azure_client_uses_the_compute_identity(deploy, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("argv", "environment", "expected"),
+    ("argv", "environment", "info", "expected"),
     [
-        (["--endpoint_name", "1bad"], {}, "endpoint_name '1bad' is invalid"),
-        (["--target", "azure"], {}, "target=azure needs instance_type and instance_count"),
-        ([], {"CHATFT_HOME": None}, "CHATFT_HOME is not set"),
+        (["--endpoint_name", "1bad"], {}, MODEL_INFO, "endpoint_name '1bad' is invalid"),
+        (["--target", "azure"], {}, MODEL_INFO, "target=azure needs instance_type and instance_count"),
+        ([], {"CHATFT_HOME": None}, MODEL_INFO, "CHATFT_HOME is not set"),
+        (
+            [],
+            {},
+            {**MODEL_INFO, "quality_gate": "failed", "quality_gate_reason": "14.0 > 12.5"},
+            r"chat-ft:3 failed its quality gate \(14.0 > 12.5\) and is not deployed",
+        ),
     ],
 )
-def test_main_refuses_bad_settings(deploy, tmp_path, monkeypatch, argv, environment, expected):
+def test_main_refuses_bad_settings(deploy, tmp_path, monkeypatch, argv, environment, info, expected):
     for name, value in environment.items():
         monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
     defaults = {"--endpoint_name": "chat-ft", "--target": "local", "--port": "8890"}
     defaults.update(dict(zip(argv[::2], argv[1::2], strict=True)))
     args = deploy.parse_args(
-        ["--model_info", str(write_model_info(tmp_path / "mi", MODEL_INFO)), "--endpoint_info", str(tmp_path / "out")]
+        ["--model_info", str(write_model_info(tmp_path / "mi", info)), "--endpoint_info", str(tmp_path / "out")]
         + [item for pair in defaults.items() for item in pair]
     )
     with pytest.raises(deploy.DeployError, match=expected):
@@ -225,25 +282,12 @@ def test_main_refuses_bad_settings(deploy, tmp_path, monkeypatch, argv, environm
 
 
 def test_main_reports_a_missing_model_info(deploy, tmp_path):
-    args = deploy.parse_args(
-        [
-            "--model_info",
-            str(tmp_path),
-            "--endpoint_name",
-            "chat-ft",
-            "--target",
-            "local",
-            "--port",
-            "8890",
-            "--endpoint_info",
-            str(tmp_path / "out"),
-        ]
-    )
+    args = deploy.parse_args(["--model_info", str(tmp_path), "--endpoint_info", str(tmp_path / "out")])
     with pytest.raises(deploy.DeployError, match="model_info.json: not found"):
         deploy.main(args)
 
 
-# ---- target=local: real registry, real servers -------------------------------------------------------------------
+# ---- target=local: real registry, real servers, the real router -------------------------------------------------
 
 
 def snapshot_component(folder: Path, dest: Path) -> Path:
@@ -272,6 +316,16 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def processes_running_from(folder: Path) -> list[int]:
+    """PIDs whose command line mentions ``folder``: a slot's server runs its launcher from the slot's code dir."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if str(folder).encode() in cmdline.read_bytes() and pid_running(int(cmdline.parent.name)):
+                found.append(int(cmdline.parent.name))
+    return found
+
+
 class LocalWorld:
     """A tmp output root with an MLflow registry, snapshots of both components, and helpers that run them."""
 
@@ -280,14 +334,17 @@ class LocalWorld:
 
         self.root, self.tiny_model = root, tiny_model
         self.home = root / "outputs"
-        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.endpoint_home = self.home / "endpoints" / "chat-ft"
+        self.home.mkdir(parents=True)
+        self.uri = f"sqlite:///{self.home / 'mlflow.db'}"  # where the local backend keeps it
         self.client = MlflowClient(self.uri)
         self.experiment_id = self.client.create_experiment("deploy-test", artifact_location=(root / "art").as_uri())
         self.register_snapshot = snapshot_component(REPO / "components" / "register_model", root / "snap" / "reg")
         self.deploy_snapshot = snapshot_component(COMPONENT, root / "snap" / "deploy")
         self.port = free_port()
         self.latest: Path | None = None  # model_info folder of the newest registered version
-        self.started: list[int] = []  # every server PID a test saw, stopped at teardown whatever happened
+        self.serving_info: Path | None = None  # model_info folder of the last successful deployment
+        self.seen: set[int] = set()  # every endpoint PID a test saw, killed at teardown whatever happened
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH"))}
@@ -302,38 +359,27 @@ class LocalWorld:
         )
         return env
 
-    def register(self) -> Path:
-        """Run register_model.py on the tiny model (as the pipeline does); return its model_info folder."""
-        upstream = self.root / "upstream" / "v1"
+    def register(self, model: Path, label: str) -> Path:
+        """Run register_model.py on ``model`` (gate passed, as the pipeline does); return its model_info folder."""
+        upstream = self.root / "upstream" / label
         for folder, file, data in (
             ("eval", "eval_report.json", {"metrics": {"tuned": {"perplexity": 9.0}}}),
             ("split", "split_info.json", {"fingerprint": "abc"}),
+            ("gate", "quality_gate.json", {"passed": True, "reason": "9.0 <= 10.0"}),
         ):
             (upstream / folder).mkdir(parents=True)
             (upstream / folder / file).write_text(json.dumps(data))
-        command = [
-            sys.executable,
-            "register_model.py",
-            "--tuned_model",
-            str(self.tiny_model),
-            "--eval_report",
-            str(upstream / "eval"),
-            "--split_info",
-            str(upstream / "split"),
-            "--model_name",
-            "chat-ft",
-            "--base_model_name",
-            "tiny",
-            "--model_info",
-            str(upstream / "info"),
-        ]
+        command = [sys.executable, "register_model.py", "--tuned_model", str(model)]
+        command += ["--eval_report", str(upstream / "eval"), "--split_info", str(upstream / "split")]
+        command += ["--quality_gate", str(upstream / "gate"), "--base_model_name", "tiny"]
+        command += ["--model_info", str(upstream / "info")]
         result = subprocess.run(command, cwd=self.register_snapshot, env=self.env(), capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         self.latest = upstream / "info"
         return self.latest
 
     def new_version(self) -> Path:
-        """Another registry version of the same logged model: a re-registration without re-logging 100s of MB."""
+        """Another registry version of the same logged model: a re-registration without re-logging the weights."""
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         old = json.loads((self.latest / "model_info.json").read_text())
@@ -345,27 +391,20 @@ class LocalWorld:
         self.latest = self.root / "upstream" / f"v{version}" / "info"
         return write_model_info(self.latest, info)
 
-    def deploy(self, model_info: Path) -> tuple[dict, float]:
+    def deploy(self, model_info: Path, *extra: str, ok: bool = True) -> tuple[dict | None, subprocess.CompletedProcess]:
         out = self.root / "endpoint_info" / str(time.monotonic_ns())
-        command = [
-            sys.executable,
-            "deploy_endpoint.py",
-            "--model_info",
-            str(model_info),
-            "--endpoint_name",
-            "chat-ft",
-            "--target",
-            "local",
-            "--port",
-            str(self.port),
-            "--endpoint_info",
-            str(out),
-        ]
+        command = [sys.executable, "deploy_endpoint.py", "--model_info", str(model_info), "--endpoint_name"]
+        command += ["chat-ft", "--target", "local", "--port", str(self.port), "--endpoint_info", str(out), *extra]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=self.deploy_snapshot, env=self.env(), capture_output=True, text=True)
-        seconds = time.perf_counter() - started
+        result.seconds = time.perf_counter() - started
+        self.remember()
+        if not ok:
+            assert result.returncode != 0, result.stdout
+            return None, result
         assert result.returncode == 0, result.stdout + result.stderr
-        return json.loads((out / "endpoint_info.json").read_text()), seconds
+        self.serving_info = model_info
+        return json.loads((out / "endpoint_info.json").read_text()), result
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "pipelines.endpoint", "--home", str(self.home), *args]
@@ -373,61 +412,148 @@ class LocalWorld:
         return subprocess.run(command, cwd=REPO, env=env, input=stdin, capture_output=True, text=True, timeout=120)
 
     def record(self) -> dict | None:
-        path = self.home / "endpoints" / "chat-ft.json"
+        path = self.endpoint_home / "endpoint.json"
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def remember(self) -> None:
+        record = self.record() or {}
+        self.seen |= {(record.get("router") or {}).get("pid")} | {
+            d["pid"] for d in record.get("deployments", {}).values()
+        }
+        self.seen.discard(None)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_llama_dir):
     world = LocalWorld(tmp_path_factory.mktemp("deploy_local"), tiny_llama_dir)
-    world.register()
+    world.register(tiny_llama_dir, "v1")
     yield world
-    for pid in world.started + ([world.record()["pid"]] if world.record() else []):
+    world.remember()
+    for pid in world.seen:
         kill_group(pid)
 
 
-@pytest.mark.slow
-def test_local_deploy_is_idempotent_and_swaps_versions(world):
+def post(url: str, request: dict = SEED_REQUEST, **headers):
     import requests
 
-    first, seconds = world.deploy(world.latest)
-    world.started.append(first["pid"])
-    print(f"first deploy: {seconds:.1f} s (server healthy after {first['startup_seconds']} s)")
+    return requests.post(url, json=request, headers=headers, timeout=60)
+
+
+@pytest.mark.slow
+def test_local_first_deploy_then_an_idempotent_redeploy(world):
+    first, result = world.deploy(world.latest)
+    print(f"first deploy: {result.seconds:.1f} s (slot healthy after {first['startup_seconds']} s)")
     assert first["target"] == "local" and first["reused"] is False
-    assert first["url"] == f"http://127.0.0.1:{world.port}/score"
-    assert first["traffic"] == {"main": 100} and isinstance(first["smoke_test_output"], str)
-    assert pid_running(first["pid"])  # outlived the step that started it
+    assert first["url"] == f"http://127.0.0.1:{world.port}/score"  # the router: the stable URL
+    assert first["deployment_name"] == "blue" and first["previous_deployment"] is None
+    assert first["traffic"] == {"blue": 100}
+    assert len(first["smoke_test_outputs"]) == 4  # 2 requests to blue, 2 through the router
+    assert all(o.strip() for o in first["smoke_test_outputs"])
     record = world.record()
-    assert record["pid"] == first["pid"] and record["port"] == world.port
-    assert record["model_version"] == first["model_version"]
-    reply = requests.post(first["url"], json={"input_data": {"input_string": [{"role": "user", "content": "Hi"}]}})
-    assert reply.status_code == 200 and isinstance(reply.json()["output"], str)
+    assert record["traffic"] == {"blue": 100} and set(record["deployments"]) == {"blue"}
+    assert record["router"]["port"] == world.port and record["deployments"]["blue"]["port"] != world.port
+    assert pid_running(first["pid"]) and pid_running(first["router_pid"])  # outlived the step
+    # The seed's exact request through the endpoint URL gets a generated answer, from blue.
+    reply = post(first["url"])
+    assert reply.status_code == 200 and reply.json()["output"].strip()
+    assert reply.headers["azureml-model-deployment"] == "blue"
 
-    again, seconds = world.deploy(world.latest)
-    print(f"no-change re-deploy: {seconds:.2f} s")
-    assert again["reused"] is True and again["pid"] == first["pid"]
-    assert seconds < 10  # no download, no restart (~0.5 s here; generous for a loaded CI box)
-
-    second, seconds = world.deploy(world.new_version())
-    print(f"deploy of a new version: {seconds:.1f} s")
-    world.started.append(second["pid"])
-    assert int(second["model_version"]) == int(first["model_version"]) + 1
-    assert second["reused"] is False and second["pid"] != first["pid"]
-    assert not pid_running(first["pid"])  # the old version's server was stopped
-    assert world.record()["model_version"] == second["model_version"]
-    models = world.home / "endpoints" / "chat-ft" / "models"
-    assert [p.name for p in models.iterdir()] == [second["model_version"]]  # the old download was removed
+    again, result = world.deploy(world.latest)
+    print(f"no-change re-deploy: {result.seconds:.2f} s")
+    assert again["reused"] is True and again["deployment_name"] == "blue"
+    assert (again["pid"], again["router_pid"]) == (first["pid"], first["router_pid"])  # nothing restarted
+    assert world.record()["deployments"].keys() == {"blue"} and not (world.endpoint_home / "green").exists()
+    assert "kept chat-ft: blue already serves" in result.stdout
 
 
 @pytest.mark.slow
-def test_endpoint_cli_ask_chat_status_stop(world):
+def test_local_new_version_swaps_blue_to_green_without_dropping_a_request(world):
+    before = world.record()
+    blue_pid, router_pid = before["deployments"]["blue"]["pid"], before["router"]["pid"]
+    url = before["url"]
+    answered: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def traffic():  # a client calling the stable URL all through the rollout
+        while not stop.is_set():
+            reply = post(url, {"input_data": {"input_string": [{"role": "user", "content": "Hi"}],
+                                              "parameters": {"max_new_tokens": 1}}})  # fmt: skip
+            answered.append((reply.status_code, reply.headers.get("azureml-model-deployment")))
+
+    client = threading.Thread(target=traffic)
+    client.start()
+    try:
+        second, result = world.deploy(world.new_version())
+        time.sleep(0.5)  # a few requests after the swap
+    finally:
+        stop.set()
+        client.join(timeout=60)
+    print(f"deploy of a new version: {result.seconds:.1f} s; {len(answered)} requests during it")
+    assert second["deployment_name"] == "green" and second["previous_deployment"] == "blue"
+    assert second["traffic"] == {"green": 100} and second["reused"] is False
+    assert second["url"] == url and second["router_pid"] == router_pid  # same URL, same router
+    assert not pid_running(blue_pid)  # the old slot was stopped ...
+    assert not (world.endpoint_home / "blue").exists()  # ... and removed
+    record = world.record()
+    assert set(record["deployments"]) == {"green"} and record["deployments"]["green"]["model_version"] == "2"
+    assert [p.name for p in (world.endpoint_home / "models").iterdir()] == ["2"]  # the old download is gone
+    assert {status for status, _ in answered} == {200}  # no request failed during the swap
+    served = [slot for _, slot in answered]
+    assert served[0] == "blue" and served[-1] == "green" and served == sorted(served)  # blue, then only green
+    assert post(url).headers["azureml-model-deployment"] == "green"
+
+
+@pytest.mark.slow
+def test_local_force_redeploys_the_same_version_to_the_other_slot(world):
+    green_pid = world.record()["deployments"]["green"]["pid"]
+    forced, _ = world.deploy(world.latest, "--force", "true")
+    assert forced["deployment_name"] == "blue" and forced["previous_deployment"] == "green"
+    assert forced["model_version"] == "2" and forced["reused"] is False
+    assert not pid_running(green_pid) and set(world.record()["deployments"]) == {"blue"}
+
+
+@pytest.mark.slow
+def test_local_failed_smoke_test_rolls_back(world, tmp_path):
+    before = world.record()
+    # A model that starts and answers its warm-up ("Hi": 71 prompt tokens + 1) but has too short a context for the
+    # smoke test's question (84 + 32 tokens): a broken config.json, refused with a 400 by the endpoint.
+    broken = shutil.copytree(world.tiny_model, tmp_path / "broken")
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 100}))
+    _, result = world.deploy(world.register(broken, "broken"), ok=False)
+
+    assert "deploy_endpoint: smoke test against deployment green" in result.stderr, result.stderr
+    assert "failed: HTTP 400" in result.stderr and "context of 100" in result.stderr
+    assert "rolled back: deployment green removed; traffic stays {'blue': 100}" in result.stderr
+    after = world.record()
+    assert after == before  # traffic, slots, pids, router: all as they were
+    assert not (world.endpoint_home / "green").exists()
+    assert processes_running_from(world.endpoint_home / "green") == []  # the new server was stopped
+    reply = post(after["url"])
+    assert reply.status_code == 200 and reply.headers["azureml-model-deployment"] == "blue"
+
+
+@pytest.mark.slow
+def test_local_slot_that_never_starts_rolls_back(world, tmp_path):
+    before = world.record()
+    broken = shutil.copytree(world.tiny_model, tmp_path / "no_weights")
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    _, result = world.deploy(world.register(broken, "no_weights"), ok=False)
+    assert "deploy_endpoint: the server exited with code" in result.stderr, result.stderr
+    assert "rolled back: deployment green removed; traffic stays {'blue': 100}" in result.stderr
+    assert world.record() == before and processes_running_from(world.endpoint_home / "green") == []
+
+
+@pytest.mark.slow
+def test_endpoint_cli_status_ask_chat_stop_teardown(world):
     import requests
 
-    info, _ = world.deploy(world.latest)  # already served if the lifecycle test ran: kept
-    world.started.append(info["pid"])
-
+    info, _ = world.deploy(world.serving_info or world.latest)  # what the tests before left, or a first deploy
     status = world.cli("status")
-    assert status.returncode == 0 and "chat-ft: healthy" in status.stdout, status.stderr
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"chat-ft: {info['url']}" in status.stdout and "router pid" in status.stdout
+    assert f"{info['deployment_name']:<6} 100%" in status.stdout and "healthy" in status.stdout
 
     ask = world.cli("ask", "How do I reset my router?", "--temperature", "0", "--max_new_tokens", "4")
     assert ask.returncode == 0, ask.stderr
@@ -446,10 +572,21 @@ def test_endpoint_cli_ask_chat_status_stop(world):
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.count("bot> ") == 2 and "(conversation cleared)" in chat.stdout
 
+    record = world.record()
     stop = world.cli("stop")
-    assert stop.returncode == 0 and f"stopped chat-ft (pid {info['pid']})" in stop.stdout
-    assert not pid_running(info["pid"])
+    assert stop.returncode == 0 and f"chat-ft: router stopped (pid {record['router']['pid']})" in stop.stdout
+    assert not pid_running(record["router"]["pid"]) and not pid_running(info["pid"])
     assert world.record() is None
-
     after = world.cli("status")
     assert after.returncode == 1 and "no endpoint recorded" in after.stderr
+
+    # Teardown: endpoint gone, model kept; then with --delete-model, the model too.
+    world.deploy(world.serving_info)
+    down = world.cli("teardown")
+    assert down.returncode == 0, down.stderr
+    assert not world.endpoint_home.exists() and "the registered model stays" in down.stdout
+    assert world.client.search_model_versions("name='chat-ft'")
+    gone = world.cli("teardown", "--delete-model", "--name", "chat-ft")
+    assert gone.returncode == 0, gone.stderr
+    assert "deleted the registered model chat-ft" in gone.stdout
+    assert world.client.search_registered_models() == []

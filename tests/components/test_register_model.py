@@ -17,11 +17,27 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPONENT = REPO / "components" / "register_model"
 EVAL_REPORT = {
-    "validation_chats": 20,
+    "validation_chats": 4,
     "metrics": {"base": {"perplexity": 12.5, "rougeL": None}, "tuned": {"perplexity": 8.25, "token_accuracy": 0.5}},
     "quality_gate": {"passed": True},
     "samples": [{"prompt": [], "base": {"rougeL": 0.1}}],
 }
+SPLIT_INFO = {"fingerprint": "f1ng3rpr1nt", "records": 20, "train_records": 16, "validation_records": 4}
+# As finetune writes them (train_metrics.json in merged_model/, its run's parameters in MLflow).
+TRAIN_METRICS = {
+    "method": "lora",
+    "device": "cpu",
+    "precision": "fp32",
+    "global_step": 14,
+    "epoch": 1.0,
+    "train_loss": 2.4762678146362305,
+    "eval_loss_end": 1.9556,
+    "train_tokens": 33606,
+    "trainable_params": 4884480,
+    "total_params": 139399488,
+    "train_seconds": 208.2,
+}
+FINETUNE_PARAMS = {"method": "lora", "learning_rate": "0.001", "lora_r": "16", "merged_model": "/mnt/out/merged"}
 
 
 def snapshot_component(folder: Path, dest: Path) -> Path:
@@ -72,14 +88,35 @@ def snapshot(tmp_path_factory):
     return snapshot_component(COMPONENT, tmp_path_factory.mktemp("snap") / "register_model")
 
 
+@pytest.fixture(scope="module")
+def tuned_model(tiny_llama_dir, tmp_path_factory):
+    """The tiny model as finetune leaves merged_model/: weights, tokenizer and train_metrics.json."""
+    folder = shutil.copytree(tiny_llama_dir, tmp_path_factory.mktemp("tuned") / "merged_model")
+    (folder / "train_metrics.json").write_text(json.dumps(TRAIN_METRICS), encoding="utf-8")
+    return folder
+
+
 def upstream(tmp_path: Path, gate: dict | None) -> dict[str, Path]:
     folders = {
         "eval_report": write_json(tmp_path / "eval_report", "eval_report.json", EVAL_REPORT),
-        "split_info": write_json(tmp_path / "split_info", "split_info.json", {"fingerprint": "f1ng3rpr1nt", "n": 20}),
+        "split_info": write_json(tmp_path / "split_info", "split_info.json", SPLIT_INFO),
     }
     if gate is not None:
         folders["quality_gate"] = write_json(tmp_path / "quality_gate", "quality_gate.json", gate)
     return folders
+
+
+def pipeline_runs(registry: dict) -> tuple[str, str]:
+    """A pipeline run with a finished finetune child run (its parameters, as finetune logs them); return
+    (pipeline run id, a fresh register step run id under it), as the local backend and Azure ML nest them."""
+    client, experiment = registry["client"], registry["experiment_id"]
+    parent = client.create_run(experiment, run_name="chat_finetune").info.run_id
+    finetune = client.create_run(experiment, run_name="tuned", tags={"mlflow.parentRunId": parent}).info.run_id
+    for key, value in FINETUNE_PARAMS.items():
+        client.log_param(finetune, key, value)
+    client.set_terminated(finetune)
+    step = client.create_run(experiment, run_name="registered", tags={"mlflow.parentRunId": parent})
+    return parent, step.info.run_id
 
 
 def run_register(
@@ -97,31 +134,49 @@ def run_register(
     return result, run_id
 
 
-@pytest.fixture(scope="module")
-def registered(snapshot, registry, tiny_llama_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("registered")
-    result, run_id = run_register(
-        snapshot, registry, tiny_llama_dir, upstream(tmp, {"passed": True, "reason": "8.25 <= 12.5"}), tmp / "info"
-    )
+def register_ok(snapshot, registry, tuned_model, tmp: Path, gate: dict | None, run_id: str | None = None) -> dict:
+    result, _ = run_register(snapshot, registry, tuned_model, upstream(tmp, gate), tmp / "info", run_id)
     assert result.returncode == 0, result.stderr
-    return json.loads((tmp / "info" / "model_info.json").read_text()), run_id
+    return json.loads((tmp / "info" / "model_info.json").read_text())
+
+
+def champion_version(registry: dict) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(registry["client"].get_model_version_by_alias("chat-ft", "champion").version)
+    except MlflowException:
+        return None
+
+
+@pytest.fixture(scope="module")
+def registered(snapshot, registry, tuned_model, tmp_path_factory):
+    """The first registration in the module: gate passed, inside a pipeline run with a finetune sibling."""
+    tmp = tmp_path_factory.mktemp("registered")
+    parent, step = pipeline_runs(registry)
+    info = register_ok(snapshot, registry, tuned_model, tmp, {"passed": True, "reason": "8.25 <= 12.5"}, step)
+    return info, step, parent, tmp
 
 
 def test_model_info_names_the_registered_version(registered, registry):
-    info, run_id = registered
+    info, run_id, _, _ = registered
     assert info["name"] == "chat-ft"
     latest = max(int(v.version) for v in registry["client"].search_model_versions("name='chat-ft'"))
     assert info["version"] == str(latest)
     assert info["model_uri"] == f"models:/chat-ft/{info['version']}"
     assert info["run_id"] == run_id  # attached to the step's run, not a new one
+    assert info["quality_gate"] == "passed" and info["quality_gate_reason"] == "8.25 <= 12.5"
+    assert info["champion"] is True and info["champion_via"] == "alias"
 
 
 def test_version_carries_lineage_tags(registered, registry):
-    info, run_id = registered
+    info, run_id, parent, _ = registered
     tags = registry["client"].get_model_version("chat-ft", info["version"]).tags
     assert tags["run_id"] == run_id
+    assert tags["pipeline_run_id"] == parent
     assert tags["data_fingerprint"] == "f1ng3rpr1nt"
     assert tags["base_model"] == "tiny-llama"
+    assert tags["method"] == "lora"  # from train_metrics.json
     assert tags["quality_gate"] == "passed" and tags["quality_gate_reason"] == "8.25 <= 12.5"
     assert tags["eval.metrics.tuned.perplexity"] == "8.25"
     assert tags["eval.metrics.base.perplexity"] == "12.5"
@@ -132,16 +187,52 @@ def test_version_carries_lineage_tags(registered, registry):
     assert run_tags["registered_model"] == f"chat-ft:{info['version']}"
 
 
-def test_registered_model_holds_the_checkpoint_unchanged(registered, registry, tiny_llama_dir, tmp_path):
+def test_model_card_says_what_went_in_and_what_came_out(registered):
+    _, _, parent, tmp = registered
+    card = (tmp / "info" / "MODEL_CARD.md").read_text()
+    assert card.startswith("# Model card: chat-ft\n")
+    assert "fine-tuned from **tiny-llama** (lora; adapter merged" in card
+    assert f"pipeline_run_id: `{parent}`" in card
+    # Data: fingerprint and counts from split_info.json.
+    assert "fingerprint: `f1ng3rpr1nt`" in card
+    assert "20 valid records, 16 train / 4 validation" in card
+    assert "evaluated on: 4 validation chats" in card
+    # Hyper-parameters from the finetune run, training facts from train_metrics.json; folders left out.
+    assert "| learning_rate | `0.001` |" in card and "| lora_r | `16` |" in card
+    assert "merged_model" not in card.split("## Training")[1].split("## Evaluation")[0]
+    assert "| optimizer steps | 14 |" in card and "| final train loss | 2.476 |" in card
+    assert "| trainable / total parameters | 4,884,480 / 139,399,488 (3.50%) |" in card
+    # Metrics: one column per evaluated model, one row per numeric metric; a missing value is a dash.
+    assert "| metric | base | tuned |" in card
+    assert "| perplexity | 12.5 | 8.25 |" in card
+    assert "| token_accuracy | – | 0.5 |" in card
+    assert "**passed**: 8.25 <= 12.5" in card and "This version becomes `champion` (previous: none)." in card
+    assert "## Intended use" in card and "## Limits" in card
+    assert "Context: 1,024 tokens" in card  # the tiny model's max_position_embeddings
+
+
+def test_model_card_is_stored_with_the_model_and_described_in_the_registry(registered, registry, tmp_path):
+    import mlflow
+
+    info, _, _, tmp = registered
+    with tracking_uri(registry["uri"]):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info["model_uri"], dst_path=str(tmp_path)))
+    assert (local / "artifacts" / "MODEL_CARD.md").read_text() == (tmp / "info" / "MODEL_CARD.md").read_text()
+    description = registry["client"].get_model_version("chat-ft", info["version"]).description
+    assert "Quality gate passed (8.25 <= 12.5); registered as champion" in description
+
+
+def test_registered_model_holds_the_checkpoint_unchanged(registered, registry, tuned_model, tmp_path):
     import mlflow
 
     from chatft.model_source import find_model_dir
 
-    info, _ = registered
+    info = registered[0]
     with tracking_uri(registry["uri"]):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info["model_uri"], dst_path=str(tmp_path)))
     checkpoint = find_model_dir(local)  # what score.py does with AZUREML_MODEL_DIR
-    for original in tiny_llama_dir.iterdir():
+    assert checkpoint == local / "artifacts" / "merged_model"  # the key evaluate reads for the champion
+    for original in tuned_model.iterdir():
         assert (checkpoint / original.name).read_bytes() == original.read_bytes(), original.name
     assert "python_function" in (local / "MLmodel").read_text()
     assert (local / "code" / "score.py").is_file() and (local / "code" / "chatft" / "model_source.py").is_file()
@@ -158,22 +249,40 @@ def test_registered_pyfunc_answers_like_the_endpoint(registered, registry, monke
     monkeypatch.setattr(sys, "path", list(sys.path))
     try:
         with tracking_uri(registry["uri"]):
-            model = mlflow.pyfunc.load_model(registered[0]["model_uri"])
+            model = mlflow.pyfunc.load_model("models:/chat-ft@champion")
         reply = model.predict(request)
     finally:
         sys.modules.pop("score", None)
     assert set(reply) == {"output"} and isinstance(reply["output"], str)
 
 
-def test_failed_quality_gate_refuses_registration(snapshot, registry, tiny_llama_dir, tmp_path):
-    gate = {"passed": False, "reason": "tuned perplexity 14.0 > 1 × base perplexity 12.5 = 12.5"}
-    before = len(registry["client"].search_model_versions("name='chat-ft'"))
-    result, _ = run_register(snapshot, registry, tiny_llama_dir, upstream(tmp_path, gate), tmp_path / "info")
+def test_champion_only_on_a_passed_gate_and_moves_to_the_newer_version(
+    registered, snapshot, registry, tuned_model, tmp_path
+):
+    first = registered[0]
+    assert champion_version(registry) == first["version"]
+
+    failed = {"passed": False, "reason": "tuned perplexity 14.0 > 1 × base perplexity 12.5 = 12.5"}
+    versions_before = len(registry["client"].search_model_versions("name='chat-ft'"))
+    out = tmp_path / "failed"
+    result, _ = run_register(snapshot, registry, tuned_model, upstream(out, failed), out / "info")
     assert result.returncode != 0
-    assert "quality gate failed: tuned perplexity 14.0 > 1" in result.stderr
-    assert "not registered" in result.stderr
-    assert not (tmp_path / "info" / "model_info.json").exists()
-    assert len(registry["client"].search_model_versions("name='chat-ft'")) == before
+    assert "quality gate failed: tuned perplexity 14.0 > 1 × base perplexity 12.5" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(registry["client"].search_model_versions("name='chat-ft'")) == versions_before  # nothing registered
+    assert champion_version(registry) == first["version"]
+    assert not (out / "info" / "model_info.json").exists()
+
+    unchecked = register_ok(snapshot, registry, tuned_model, tmp_path / "unchecked", None)
+    assert unchecked["champion"] is False and unchecked["quality_gate"] == "not checked"
+    assert champion_version(registry) == first["version"]
+
+    newer = register_ok(snapshot, registry, tuned_model, tmp_path / "newer", {"passed": True, "reason": "ok"})
+    assert newer["champion"] is True and newer["previous_champion"] == first["version"]
+    assert champion_version(registry) == newer["version"]  # the alias moved
+    assert (
+        f"(previous: chat-ft version {first['version']})" in (tmp_path / "newer" / "info" / "MODEL_CARD.md").read_text()
+    )
 
 
 # ---- input checks, in-process (they all run before MLflow is imported) -------------------------------------------
@@ -187,26 +296,21 @@ def script():
     return module
 
 
-@pytest.mark.parametrize(
-    ("gate", "expected"),
-    [
-        ({"passed": "false", "reason": "x"}, '"passed" must be true or false'),
-        ({"reason": "x"}, '"passed" must be true or false'),
-        ({"passed": False}, "quality gate failed: no reason given"),
-    ],
-)
-def test_quality_gate_must_say_passed(script, tmp_path, gate, expected):
-    with pytest.raises(script.RegistrationError, match=expected):
-        script.check_quality_gate(str(write_json(tmp_path, "quality_gate.json", gate)))
+@pytest.mark.parametrize("gate", [{"passed": "false", "reason": "x"}, {"reason": "x"}, {"passed": 1}])
+def test_quality_gate_must_say_passed(script, tmp_path, gate):
+    with pytest.raises(script.RegistrationError, match='quality_gate.json: "passed" must be true or false'):
+        script.read_quality_gate(str(write_json(tmp_path, "quality_gate.json", gate)))
 
 
 def test_quality_gate_folder_without_the_file_is_an_error(script, tmp_path):
     with pytest.raises(script.RegistrationError, match="quality_gate.json: not found"):
-        script.check_quality_gate(str(tmp_path))
+        script.read_quality_gate(str(tmp_path))
 
 
-def test_no_gate_means_not_checked(script):
-    assert script.check_quality_gate(None) is None
+def test_gate_verdicts(script, tmp_path):
+    assert script.gate_verdict(script.read_quality_gate(None)) == "not checked"
+    failed = script.read_quality_gate(str(write_json(tmp_path, "quality_gate.json", {"passed": False})))
+    assert script.gate_verdict(failed) == "failed"
 
 
 def test_missing_fingerprint_is_an_error(script, tmp_path, tiny_llama_dir):
@@ -261,3 +365,64 @@ def test_tuned_model_without_a_checkpoint_is_an_error(script, tmp_path, monkeypa
 def test_metric_tags_flatten_numbers_only(script):
     report = {"a": 1, "b": {"c": 0.123456789, "d": [1, 2], "e": True, "f": None, "g": "text"}}
     assert script.metric_tags(report) == {"eval.a": "1", "eval.b.c": "0.123457"}
+
+
+# ---- the champion pointer on Azure ML, against a fake registry -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def champion():
+    spec = importlib.util.spec_from_file_location("champion_under_test", COMPONENT / "champion.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class AzureLikeRegistry:
+    """A stand-in for MlflowClient on an azureml:// registry, whose alias API is not supported (a simulation:
+    what the service answers is not known here, only that aliases are missing from its documented capabilities)."""
+
+    def __init__(self, versions: int):
+        from mlflow.entities.model_registry import ModelVersion
+
+        self.versions = {str(v): ModelVersion("chat-ft", str(v), 0, tags={}) for v in range(1, versions + 1)}
+
+    def set_registered_model_alias(self, *args):
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException("ENDPOINT_NOT_FOUND: No API found for '/registered-models/alias'")
+
+    get_model_version_by_alias = set_registered_model_alias
+
+    def set_model_version_tag(self, name, version, key, value):
+        self.versions[version]._tags[key] = value
+
+    def delete_model_version_tag(self, name, version, key):
+        del self.versions[version]._tags[key]
+
+    def search_model_versions(self, filter_string):
+        assert filter_string == "name='chat-ft'"
+        return list(self.versions.values())
+
+
+def test_azure_falls_back_to_a_champion_tag_that_moves(champion):
+    client = AzureLikeRegistry(versions=3)
+    assert champion.get_champion(client, "chat-ft", azure=True) is None
+    assert champion.set_champion(client, "chat-ft", "2", azure=True) == "tag"
+    assert champion.get_champion(client, "chat-ft", azure=True).version == "2"
+    assert champion.set_champion(client, "chat-ft", "3", azure=True) == "tag"
+    assert champion.get_champion(client, "chat-ft", azure=True).version == "3"
+    assert [v for v, mv in client.versions.items() if mv.tags.get("champion") == "true"] == ["3"]
+
+
+def test_a_failing_alias_call_off_azure_is_an_error(champion):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="ENDPOINT_NOT_FOUND"):
+        champion.set_champion(AzureLikeRegistry(versions=1), "chat-ft", "1", azure=False)
+
+
+def test_only_azureml_registries_get_the_fallback(champion):
+    assert champion.on_azure("azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/r")
+    assert not champion.on_azure("sqlite:///outputs/mlflow.db")
+    assert not champion.on_azure("databricks")
