@@ -24,9 +24,9 @@ COMPONENT_NAMES = (
 # Inputs the pipeline wires itself; a preset may not set them.
 WIRED_INPUTS = {
     "prep_data": {"raw_data"},
-    "validate_chat_jsonl": {"input_data", "reference_data"},
+    "validate_chat_jsonl": {"input_data", "reference_data", "base_model", "max_seq_length"},
     "finetune": {"base_model", "train_data", "validation_data"},
-    "evaluate": {"base_model", "tuned_model", "validation_data"},
+    "evaluate": {"base_model", "tuned_model", "validation_data", "model_name"},
     "register_model": {"tuned_model", "eval_report", "quality_gate", "split_info", "base_model_name"},
     "deploy_endpoint": {"model_info", "instance_type", "instance_count"},
 }
@@ -84,6 +84,11 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None):
     register_model = components["register_model"]
     deploy_endpoint = components["deploy_endpoint"]
 
+    # The gate compares with the champion of the name register_model registers under (one home: its input).
+    model_name = settings.step("register_model").get("model_name", register_model.inputs["model_name"].default)
+    # Token counts and too_long warnings use the base model's tokenizer and the length training truncates to.
+    max_seq_length = settings.step("finetune").get("max_seq_length", finetune.inputs["max_seq_length"].default)
+
     @dsl.pipeline(
         name="chat_finetune",
         display_name=f"Fine-tune {settings.base_model_name}",
@@ -92,10 +97,14 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None):
     )
     def chat_finetune(base_model, raw_data=None):
         splits = prep_data(raw_data=raw_data, **settings.step("prep_data"))
-        valid_train = validate_chat_jsonl(input_data=splits.outputs.train_data, **settings.step("validate_chat_jsonl"))
+        token_counting = {"base_model": base_model, "max_seq_length": max_seq_length}
+        valid_train = validate_chat_jsonl(
+            input_data=splits.outputs.train_data, **token_counting, **settings.step("validate_chat_jsonl")
+        )
         valid_validation = validate_chat_jsonl(
             input_data=splits.outputs.validation_data,
             reference_data=splits.outputs.train_data,  # a validation chat also in train is leakage
+            **token_counting,
             **settings.step("validate_chat_jsonl"),
         )
         tuned = finetune(
@@ -109,6 +118,7 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None):
             base_model=base_model,
             tuned_model=tuned.outputs.merged_model,
             validation_data=valid_validation.outputs.valid_data,
+            model_name=model_name,
             **settings.step("evaluate"),
         )
         evaluation.compute = gpu

@@ -4,6 +4,7 @@ python -m pipelines.run                                  # local, pipelines/conf
 python -m pipelines.run --set finetune.learning_rate=1e-4
 python -m pipelines.run --backend azure --dry-run        # resolved YAML, no network
 python -m pipelines.run --backend azure                  # submit (needs az login + a workspace)
+python -m pipelines.run --backend azure --data data/     # ... training on local JSONL, registered as a data asset
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
+from pipelines.azure_backend import add_azure_arguments
 from pipelines.settings import PACKAGED_SMOLLM2, PROJECT_ROOT, RunSettings, SettingsError, load_settings
 
 DEFAULT_CONFIG = {"local": "pipelines/config/local.yaml", "azure": "pipelines/config/azure.yaml"}
@@ -30,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force-rerun", action="store_true", help="local backend: ignore reusable step outputs")
     parser.add_argument("--quiet", action="store_true", help="local backend: step logs to files only")
     parser.add_argument("--dry-run", action="store_true", help="azure backend: write the resolved YAML, submit nothing")
+    add_azure_arguments(parser, dry_run=False)  # --data, --tokens, --data-report, --pricing, --no-stream
     return parser.parse_args(argv)
 
 
@@ -68,6 +72,11 @@ def run_local(args: argparse.Namespace, settings: RunSettings) -> int:
         print(f"\nPipeline failed: {err}", file=sys.stderr)
         return 1
     reused = sum(step.status == "reused" for step in result.steps)
+    summary = result.outputs.get("eval_report")
+    if summary and (summary / "summary.md").is_file():
+        # The evaluate step's table (base vs tuned, and the champion when there is one) and the gate's verdict.
+        print("\nEvaluation on the validation chats:\n")
+        print(textwrap.indent((summary / "summary.md").read_text(encoding="utf-8").rstrip(), "  "))
     print(f"\nPipeline finished in {result.seconds:.1f} s ({reused}/{len(result.steps)} steps reused)")
     for name, path in result.outputs.items():
         print(f"  {name:<14} {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
@@ -80,9 +89,10 @@ def run_local(args: argparse.Namespace, settings: RunSettings) -> int:
 
 
 def run_azure(args: argparse.Namespace, settings: RunSettings) -> int:
-    from pipelines.azure_backend import submit
+    from pipelines.azure_backend import SubmitOptions, submit
 
-    return submit(settings, dry_run=args.dry_run, output_root=PROJECT_ROOT / args.output_root)
+    options = SubmitOptions.from_args(args)
+    return submit(settings, dry_run=args.dry_run, output_root=PROJECT_ROOT / args.output_root, options=options)
 
 
 def main(args: argparse.Namespace) -> int:

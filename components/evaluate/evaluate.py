@@ -6,19 +6,25 @@
 Every flag, its type, range and default is read from component.yml beside this file (`--help` lists them).
 Both models are scored on the same tokens (the base's tokenizer; fine-tuning does not change it): loss,
 perplexity and next-token accuracy over assistant tokens only, the tokens fine-tuning trains. Then each answers
-the first validation prompts greedily, stopping at its end-of-turn token, scored with ROUGE-L.
+the first validation prompts greedily, stopping at its end-of-turn token, scored with ROUGE-L. With --model_name,
+the registered champion of that name (if any) is downloaded from the MLflow registry and scored on the same
+tokens, and the gate also checks that the tuned model does not regress against it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 SPEC = Path(__file__).with_name("component.yml")
+# Beside this script in a step's snapshot (additional_includes); in the repository, in register_model/.
+CHAMPION_MODULE = ("champion.py", "../register_model/champion.py")
 
 
 class EvalError(ValueError):
@@ -90,10 +96,13 @@ def _score(model, encoded: list[tuple[list[int], list[int]]]) -> dict:
 
 
 def _samples(chats: list[list[dict]], n: int) -> list[dict]:
-    """The first ``n`` chats as (prompt: everything before the last assistant turn, reference: that turn)."""
+    """The first ``n`` chats as (prompt: everything before the last assistant turn, reference: that turn).
+
+    A turn with weight 0 is one the data says not to learn from, so it is no reference either."""
     samples = []
     for messages in chats[:n]:
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        trained = (i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight") != 0)
+        last = max(trained, default=None)
         if last:  # an assistant turn with something before it to answer
             samples.append({"prompt": messages[:last], "reference": messages[last]["content"]})
     return samples
@@ -144,7 +153,8 @@ def _change(base: float, tuned: float, kind: str) -> str:
 
 
 def _markdown_table(report: dict) -> str:
-    base, tuned = report["metrics"]["base"], report["metrics"]["tuned"]
+    metrics = report["metrics"]
+    base, tuned, champion = metrics["base"], metrics["tuned"], metrics.get("champion")
     rows = [
         ("loss (assistant tokens)", "loss", "{:.4f}", "relative"),
         ("perplexity", "perplexity", "{:.3f}", "relative"),
@@ -152,14 +162,37 @@ def _markdown_table(report: dict) -> str:
     ]
     if base.get("rougeL") is not None:
         rows.append((f"ROUGE-L F1 (first {len(report['samples'])} answers)", "rougeL", "{:.3f}", "delta"))
-    lines = ["| metric | base | tuned | change |", "|---|---:|---:|---:|"]
+    header, rule = "| metric | base | tuned | change |", "|---|---:|---:|---:|"
+    if champion:
+        info = report["quality_gate"]["champion"]
+        header += f" champion (v{info['version']}) | tuned vs champion |"
+        rule += "---:|---:|"
+    lines = [header, rule]
     for label, key, fmt, kind in rows:
-        change = _change(base[key], tuned[key], kind)
-        lines.append(f"| {label} | {fmt.format(base[key])} | {fmt.format(tuned[key])} | {change} |")
-    gate = report["quality_gate"]
-    lines.append("")
-    lines.append(f"**Quality gate: {'passed' if gate['passed'] else 'FAILED'}** — {gate['reason']}")
+        line = (
+            f"| {label} | {fmt.format(base[key])} | {fmt.format(tuned[key])} | {_change(base[key], tuned[key], kind)} |"
+        )
+        if champion:
+            value = champion.get(key)
+            if value is None:  # the champion is scored, not asked to answer
+                line += " – | – |"
+            else:
+                line += f" {fmt.format(value)} | {_change(value, tuned[key], kind)} |"
+        lines.append(line)
+    lines += ["", gate_line(report["quality_gate"])]
+    lines += [
+        f"- {check['name']}: {_check_status(check)} — {check['detail']}" for check in report["quality_gate"]["checks"]
+    ]
     return "\n".join(lines)
+
+
+def _check_status(check: dict) -> str:
+    return "skipped" if not check["ran"] else "passed" if check["passed"] else "FAILED"
+
+
+def gate_line(gate: dict) -> str:
+    """One line for logs and consoles: the verdict and why."""
+    return f"**Quality gate: {'passed' if gate['passed'] else 'FAILED'}** — {gate['reason']}"
 
 
 def _markdown(report: dict) -> str:
@@ -183,15 +216,103 @@ def _markdown(report: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-def quality_gate(base: dict, tuned: dict, max_ratio: float) -> dict:
-    limit = max_ratio * base["perplexity"]
+def _ratio_check(name: str, tuned: dict, reference: dict, ratio: float, label: str) -> dict:
+    limit = ratio * reference["perplexity"]
     passed = tuned["perplexity"] <= limit
-    relation = "<=" if passed else ">"
-    reason = (
-        f"tuned perplexity {tuned['perplexity']:.3f} {relation} {max_ratio:g} × base perplexity "
-        f"{base['perplexity']:.3f} = {limit:.3f}"
+    detail = (
+        f"tuned perplexity {tuned['perplexity']:.3f} {'<=' if passed else '>'} {ratio:g} × {label} perplexity "
+        f"{reference['perplexity']:.3f} = {limit:.3f}"
     )
-    return {"passed": passed, "reason": reason, "max_perplexity_ratio": max_ratio}
+    return {"name": name, "ran": True, "passed": passed, "detail": detail}
+
+
+def quality_gate(metrics: dict, args: argparse.Namespace, champion: dict) -> dict:
+    """Pass only if every check that ran passed. ``champion``: {"name", "version", ...} or {"skipped": why}."""
+    checks = [_ratio_check("beats_base", metrics["tuned"], metrics["base"], args.max_perplexity_ratio, "base")]
+    if "champion" in metrics:
+        label = f"champion {champion['name']} v{champion['version']}"
+        checks.append(
+            _ratio_check(
+                "no_regression_vs_champion", metrics["tuned"], metrics["champion"], args.max_champion_ratio, label
+            )
+        )
+    else:
+        checks.append(
+            {"name": "no_regression_vs_champion", "ran": False, "passed": None, "detail": champion["skipped"]}
+        )
+    failed = [c for c in checks if c["ran"] and not c["passed"]]
+    if failed:
+        reason = "; ".join(c["detail"] for c in failed)
+    else:
+        reason = "; ".join(c["detail"] if c["ran"] else f"{c['name']} skipped: {c['detail']}" for c in checks)
+    return {
+        "passed": not failed,
+        "reason": reason,
+        "checks": checks,
+        "champion": champion,
+        "max_perplexity_ratio": args.max_perplexity_ratio,
+        "max_champion_ratio": args.max_champion_ratio,
+    }
+
+
+def _champion_module():
+    here = Path(__file__).resolve().parent
+    path = next((here / p for p in CHAMPION_MODULE if (here / p).is_file()), None)
+    if path is None:
+        raise EvalError(f"champion.py not found beside {here} (additional_includes of component.yml)")
+    spec = importlib.util.spec_from_file_location("champion", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_champion(model_name: str | None) -> dict:
+    """The registered champion of ``model_name``: {"name", "version", "run_id", "model_uri"}, or {"skipped": why}.
+
+    No model name, no such registered model or no champion are reasons to skip the check; a registry that cannot be
+    read is an error (a check that silently skips when it cannot look would be no gate).
+    """
+    if not model_name:
+        return {"skipped": "no model_name given, so there is no champion to compare with"}
+    import mlflow
+    from mlflow import MlflowClient
+
+    champion = _champion_module()
+    registry = mlflow.get_registry_uri()
+    version = champion.get_champion(MlflowClient(), model_name, champion.on_azure(registry))
+    if version is None:
+        return {"skipped": f"no version of registered model {model_name!r} is champion yet"}
+    return {
+        "name": model_name,
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "model_uri": f"models:/{model_name}/{version.version}",
+    }
+
+
+def _score_champion(champion: dict, tokenizer, encoded, args) -> dict | None:
+    """Download the champion's merged model and score it like the others; None (with a reason) if not comparable."""
+    import mlflow
+
+    from chatft.model_source import ModelNotFoundError, find_model_dir, load_tokenizer
+
+    print(f"evaluate: scoring the champion {champion['model_uri']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="champion-") as folder:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=champion["model_uri"], dst_path=folder)
+        try:
+            model_dir = find_model_dir(local)
+        except ModelNotFoundError as err:
+            raise EvalError(f"champion {champion['model_uri']}: {err}") from None
+        if load_tokenizer(model_dir).get_vocab() != tokenizer.get_vocab():
+            # Perplexities over different tokens do not compare; the base model changed since the champion.
+            champion["skipped"] = (
+                f"champion {champion['model_uri']} has a different tokenizer (another base model), so its "
+                "perplexity is not comparable"
+            )
+            return None
+        metrics, _ = _evaluate_model(str(model_dir), tokenizer, encoded, [], args)
+    metrics["rougeL"] = None
+    return metrics
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -207,6 +328,7 @@ def main(args: argparse.Namespace) -> dict:
     samples = _samples(chats, args.num_generation_samples)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
+    champion = find_champion(args.model_name)  # before the slow part: a registry that cannot be read fails fast
     metrics = {}
     for name, path in (("base", args.base_model), ("tuned", args.tuned_model)):
         print(f"evaluate: scoring the {name} model ({path})", flush=True)
@@ -214,8 +336,12 @@ def main(args: argparse.Namespace) -> dict:
         for sample, answer in zip(samples, answers, strict=True):
             sample[name] = {"answer": answer, "rougeL": scorer.score(sample["reference"], answer)["rougeL"].fmeasure}
         metrics[name]["rougeL"] = sum(s[name]["rougeL"] for s in samples) / len(samples) if samples else None
+    if "skipped" not in champion:
+        scored = _score_champion(champion, tokenizer, encoded, args)
+        if scored is not None:
+            metrics["champion"] = scored
 
-    gate = quality_gate(metrics["base"], metrics["tuned"], args.max_perplexity_ratio)
+    gate = quality_gate(metrics, args, champion)
     report = {
         "base_model": str(args.base_model),
         "tuned_model": str(args.tuned_model),
@@ -230,10 +356,13 @@ def main(args: argparse.Namespace) -> dict:
     gate_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (report_dir / "eval_report.md").write_text(_markdown(report), encoding="utf-8")
+    (report_dir / "summary.md").write_text(_markdown_table(report) + "\n", encoding="utf-8")
     (gate_dir / "quality_gate.json").write_text(json.dumps({**gate, "metrics": metrics}, indent=2) + "\n")
 
     with mlflow.start_run():
         mlflow.log_params({k: v for k, v in vars(args).items() if k not in ("eval_report", "quality_gate")})
+        mlflow.log_param("champion", champion.get("model_uri") or "none")
+        mlflow.set_tag("quality_gate", f"{'passed' if gate['passed'] else 'failed'}: {gate['reason']}"[:5000])
         mlflow.log_metrics(
             {f"{name}_{k}": float(v) for name, m in metrics.items() for k, v in m.items() if v is not None}
             | {"quality_gate_passed": float(gate["passed"]), "eval_seconds": report["seconds"]}

@@ -6,6 +6,8 @@
 Every flag, its type, range and default is read from component.yml beside this file (`--help` lists them).
 Shape: build_trainer() (data → tokenizer → model → PEFT → SFTTrainer) → train (resuming from the last complete
 checkpoint in --checkpoints) → save adapter → merge into a standalone model → metrics, loss curve, MLflow.
+Under Azure ML's `distribution: pytorch` every process runs this script; the Trainer reads the rank from the
+environment, and only rank 0 merges, writes metrics and logs to MLflow.
 """
 
 from __future__ import annotations
@@ -35,14 +37,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return spec_arg_parser(SPEC).parse_args(argv)
 
 
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16); Linux's /proc/cpuinfo tells."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
 def _resolve_precision(requested: str, device: str) -> str:
     import torch
 
     if device == "cpu":
         if requested == "fp16":
             raise ConfigError("precision=fp16 needs a CUDA GPU; use fp32 (or auto) on CPU")
-        # bf16 runs on CPU but ~0.6× as fast as fp32 without AMX (PLATFORM_NOTES); only when asked for.
-        return "fp32" if requested == "auto" else requested
+        if requested != "auto":
+            return requested
+        # With bf16 instructions a bf16-autocast step ran ~1.4× faster than fp32 on a 2-core AMD EPYC (Zen 4);
+        # without them bf16 is emulated and slower (~0.6× on a CPU without, PLATFORM_NOTES).
+        return "bf16" if cpu_multiplies_bf16() else "fp32"
     bf16_ok = torch.cuda.is_bf16_supported()
     if requested == "bf16" and not bf16_ok:
         raise ConfigError("precision=bf16: this GPU does not support bfloat16; use fp16 or auto")
@@ -63,7 +77,7 @@ def _check_qlora(device: str) -> None:
         raise ConfigError("method=qlora needs the bitsandbytes package in the environment; install it or use lora")
 
 
-def _load_model(args: argparse.Namespace, precision: str):
+def _load_model(args: argparse.Namespace, precision: str, device: str):
     import torch
 
     from chatft.model_source import find_model_dir, load_causal_lm
@@ -82,8 +96,13 @@ def _load_model(args: argparse.Namespace, precision: str):
             find_model_dir(args.base_model), quantization_config=quantization, dtype=compute_dtype, device_map={"": 0}
         )
     # Adapters train in fp32 on top of a half-precision base (PEFT upcasts them); full fine-tuning keeps fp32
-    # master weights and lets autocast run the matmuls in half precision.
-    return load_causal_lm(args.base_model, dtype="fp32" if args.method == "full" else precision)
+    # master weights and lets autocast run the matmuls in half precision. On a CPU, plain attention (matmul,
+    # softmax, matmul) over the short packed rows beat torch's SDPA kernel, whose backward is slow there: a bf16
+    # step ran 5–12% faster on 2 cores (bench/README.md).
+    attention = "eager" if device == "cpu" else None
+    return load_causal_lm(
+        args.base_model, dtype="fp32" if args.method == "full" else precision, attn_implementation=attention
+    )
 
 
 def _peft_config(args: argparse.Namespace, model_type: str):
@@ -118,16 +137,95 @@ def _load_chats(folder: str | None, input_name: str):
     dataset = load_dataset("json", data_files=[str(f.path) for f in files], split="train")
     if "messages" not in dataset.column_names:
         raise ConfigError(f"{input_name}: {files[0].path} has no 'messages' field; expected {{\"messages\": [...]}}")
-    unweighted = sum(m.get("weight") == 0 for chat in dataset["messages"] for m in chat)
-    if unweighted:
-        print(f"finetune: {input_name}: {unweighted} turns have weight 0; every assistant turn is trained", flush=True)
     return dataset.select_columns(["messages"])
+
+
+def _trained_turns(chat: list[dict]) -> int:
+    return sum(m["role"] == "assistant" and m.get("weight") != 0 for m in chat)
+
+
+def _apply_weights(dataset, input_name: str, tokenizer, assistant_only_loss: bool):
+    """Honour ``weight: 0`` turns: the chat template leaves them out of the loss; a chat with nothing left is dropped.
+
+    Without assistant-only loss every token trains, so weights cannot apply: that is said, not silently ignored.
+    """
+    from chatft.model_source import zero_weight_honoured
+
+    if dataset is None:
+        return None
+    unweighted = sum(m["role"] == "assistant" and m.get("weight") == 0 for chat in dataset["messages"] for m in chat)
+    if not unweighted:
+        return dataset
+    if not assistant_only_loss:
+        print(
+            f"finetune: {input_name}: {unweighted} assistant turns have weight 0, but assistant_only_loss=false "
+            "trains on every token, theirs included",
+            flush=True,
+        )
+        return dataset
+    if not zero_weight_honoured(tokenizer, tokenizer.chat_template):
+        raise ConfigError(
+            f"{input_name}: {unweighted} assistant turns have weight 0, but the chat template of the base model "
+            "cannot leave them out of the loss (its {% generation %} blocks are not inside a `for message in "
+            "messages` loop); remove those turns, or drop their weight key to train on them"
+        )
+    kept = dataset.filter(lambda row: _trained_turns(row["messages"]) > 0)
+    print(
+        f"finetune: {input_name}: {unweighted} assistant turns have weight 0 and carry no loss; "
+        f"{len(dataset) - len(kept)} chats with no other assistant turn are left out",
+        flush=True,
+    )
+    if not len(kept):
+        raise ConfigError(f"{input_name}: every assistant turn has weight 0; there is nothing to train on")
+    return kept
+
+
+def _trainer_class():
+    """TRL's SFTTrainer, projecting through the LM head only the positions that have a label when on one CPU.
+
+    TRL's fused LM head scores only labelled positions on GPUs (a Triton kernel) but every position elsewhere, and
+    with assistant-only loss about half of them have no label. On SmolLM2 the 49k-word head is a fifth of the
+    matrix work of a step; skipping the unlabelled half made a CPU step 1.17× faster per CPU second
+    (bench/README.md). The loss is the same sum over labelled tokens / num_items_in_batch.
+    """
+    import torch
+    from trl import SFTTrainer
+
+    class LabelledPositionsSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # Elsewhere TRL's own path is the right one: GPUs (its compact kernel), DDP (the wrapper's forward must
+            # run to sync gradients), MoE aux losses, and callers that want the logits.
+            single_cpu = self.args.device.type == "cpu" and self.accelerator.num_processes == 1
+            if not single_cpu or return_outputs or self.aux_loss_enabled:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            mode = "train" if self.model.training else "eval"
+            causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT or full
+            labels = inputs["labels"][:, 1:]
+            scored = labels != -100
+            features = {key: value for key, value in inputs.items() if key != "labels"}
+            hidden = causal_lm.base_model(**features, use_cache=False).last_hidden_state[:, :-1][scored]
+            logits = causal_lm.get_output_embeddings()(hidden).float()
+            targets = labels[scored]
+            count = int(scored.sum())
+            loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(count, 1))
+            # The metrics TRL logs, but entropy (a pass over every logit, for a number nobody reads here).
+            with torch.no_grad():
+                correct = int((logits.argmax(-1) == targets).sum())
+            self._metrics[mode]["mean_token_accuracy"].append(correct / count if count else 0.0)
+            if mode == "train":
+                mask = inputs.get("attention_mask")
+                self._total_train_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    return LabelledPositionsSFTTrainer
 
 
 def build_trainer(args: argparse.Namespace):
     """Tokenizer, model, PEFT config and data wired into an SFTTrainer, ready to train (nothing trained yet)."""
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from chatft.model_source import load_tokenizer, training_chat_template
 
@@ -141,9 +239,12 @@ def build_trainer(args: argparse.Namespace):
     validation_data = _load_chats(args.validation_data, "validation_data")
     tokenizer = load_tokenizer(args.base_model)
     if args.assistant_only_loss:
-        # Renders the same text as the stock template, with {% generation %} around the assistant's tokens.
+        # Renders the same text as the stock template, with {% generation %} around the assistant's tokens
+        # (and not around a turn with weight 0).
         tokenizer.chat_template = training_chat_template(tokenizer)
-    model = _load_model(args, precision)
+    train_data = _apply_weights(train_data, "train_data", tokenizer, args.assistant_only_loss)
+    validation_data = _apply_weights(validation_data, "validation_data", tokenizer, args.assistant_only_loss)
+    model = _load_model(args, precision, device)
     periodic_eval = validation_data is not None and args.eval_steps > 0
 
     config = SFTConfig(
@@ -181,7 +282,7 @@ def build_trainer(args: argparse.Namespace):
         eval_on_start=periodic_eval,
         report_to="none",  # MLflow logging is ours (_step_logger), inside the run the platform set up
     )
-    return SFTTrainer(
+    return _trainer_class()(
         model=model,
         args=config,
         train_dataset=train_data,
@@ -191,11 +292,12 @@ def build_trainer(args: argparse.Namespace):
     )
 
 
-def last_complete_checkpoint(folder: str | Path) -> Path | None:
+def last_complete_checkpoint(folder: str | Path, remove_incomplete: bool = True) -> Path | None:
     """The newest checkpoint-<step> in ``folder`` that was written to the end, or None.
 
-    A checkpoint cut short (the node was pre-empted while saving) is removed: the Trainer would count it when
-    rotating old checkpoints, and rewrites it anyway when training gets back to that step.
+    A checkpoint cut short (the node was pre-empted while saving) is removed (by one process only, when several
+    share the folder): the Trainer would count it when rotating old checkpoints, and rewrites it anyway when
+    training gets back to that step.
     """
     found = sorted(
         (int(m.group(1)), p)
@@ -206,7 +308,7 @@ def last_complete_checkpoint(folder: str | Path) -> Path | None:
     for _, path in found:
         if (path / COMPLETE_MARKER).is_file():
             complete.append(path)
-        else:
+        elif remove_incomplete:
             print(f"finetune: removing {path}: it has no {COMPLETE_MARKER}, the save was cut short", flush=True)
             shutil.rmtree(path)
     return complete[-1] if complete else None
@@ -271,24 +373,30 @@ def _step_logger(stats: _BatchStats):
                 if positions:
                     metrics["real_token_fraction"] = real / positions
                     metrics["loss_token_fraction"] = loss / max(real, 1)
-            mlflow.log_metrics(metrics, step=state.global_step)
+            if state.is_world_process_zero:
+                mlflow.log_metrics(metrics, step=state.global_step)
 
     return StepLogger()
 
 
-def _merge(args: argparse.Namespace, trainer, precision: str):
-    """The standalone model to ship: the adapter saved in --adapter merged into a fresh, unquantized base."""
+def _merge(args: argparse.Namespace, trainer):
+    """The standalone model to ship, at the base checkpoint's own precision (whatever precision trained it): the
+    adapter saved in --adapter merged into a fresh, unquantized base, or the fully fine-tuned weights.
+
+    Merging into a base rounded to the training precision would cost accuracy for nothing: a bf16-trained SmolLM2
+    adapter merged into its fp32 base scored validation perplexity 7.00, merged into a bf16 copy 7.06.
+    """
     import torch
     from peft import PeftModel
+    from transformers import AutoConfig
 
-    from chatft.model_source import load_causal_lm
+    from chatft.model_source import find_model_dir, load_causal_lm
 
     if args.method == "full":
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-        return trainer.model.to(dtype)
+        return trainer.model.to(AutoConfig.from_pretrained(find_model_dir(args.base_model)).dtype or torch.float32)
     # Reloading (rather than merging the training copy in place) works for QLoRA's 4-bit base too, and proves
     # the saved adapter is complete.
-    base = load_causal_lm(args.base_model, dtype=precision)
+    base = load_causal_lm(args.base_model, dtype="auto")
     return PeftModel.from_pretrained(base, args.adapter).merge_and_unload()
 
 
@@ -313,7 +421,20 @@ def _plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def batch_geometry(trainer) -> dict:
+    """What one optimizer step trains on, across every process (Azure ML's distribution: nodes × processes)."""
+    args = trainer.args
+    rows = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return {
+        "world_size": args.world_size,
+        "global_batch_rows": rows,
+        "global_batch_tokens_max": rows * trainer.args.max_length,
+    }
+
+
 def main(args: argparse.Namespace) -> dict:
+    import contextlib
+
     import mlflow
 
     from chatft.model_source import load_tokenizer
@@ -322,19 +443,32 @@ def main(args: argparse.Namespace) -> dict:
     trainer = build_trainer(args)
     device = trainer.args.device.type
     precision = "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32"
+    main_process = trainer.is_world_process_zero()
+    geometry = batch_geometry(trainer)
+    if main_process:
+        print(
+            f"finetune: {geometry['world_size']} process(es) × {args.per_device_train_batch_size} rows × "
+            f"{args.gradient_accumulation_steps} accumulation = {geometry['global_batch_rows']} rows of up to "
+            f"{args.max_seq_length} tokens per optimizer step (effective global batch)",
+            flush=True,
+        )
     stats = _BatchStats(trainer.data_collator)
     trainer.data_collator = stats
     step_logger = _step_logger(stats)
     trainer.add_callback(step_logger)
-    resume_from = last_complete_checkpoint(args.checkpoints) if Path(args.checkpoints).is_dir() else None
+    resume_from = last_complete_checkpoint(args.checkpoints, main_process) if Path(args.checkpoints).is_dir() else None
     resumed_step = int(CHECKPOINT.match(resume_from.name).group(1)) if resume_from else 0
-    if resume_from:
+    if resume_from and main_process:
         print(f"finetune: resuming from {resume_from} (step {resumed_step})", flush=True)
 
-    with mlflow.start_run():
+    # Only rank 0 talks to MLflow and writes the merged model; every rank trains, evaluates and saves (the Trainer
+    # itself writes from the main process only).
+    with mlflow.start_run() if main_process else contextlib.nullcontext():
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
-        mlflow.log_params({**vars(args), "device": device, "precision_used": precision, "trainable_params": trainable})
+        if main_process:
+            params = {**vars(args), "device": device, "precision_used": precision, "trainable_params": trainable}
+            mlflow.log_params(params | geometry)
 
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         step = trainer.state.global_step
@@ -344,10 +478,12 @@ def main(args: argparse.Namespace) -> dict:
 
         adapter, merged = Path(args.adapter), Path(args.merged_model)
         trainer.save_model(str(adapter))
+        if not main_process:
+            return {}
         # The base's own tokenizer, stock chat template included (training swapped in one with generation markers).
         tokenizer = load_tokenizer(args.base_model)
         tokenizer.save_pretrained(adapter)
-        model = _merge(args, trainer, precision)
+        model = _merge(args, trainer)
         model.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
 
@@ -356,6 +492,7 @@ def main(args: argparse.Namespace) -> dict:
             "method": args.method,
             "device": device,
             "precision": precision,
+            **geometry,
             "global_step": step,
             "resumed_from_step": resumed_step,
             "epoch": trainer.state.epoch,

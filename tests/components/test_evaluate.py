@@ -108,11 +108,22 @@ def test_report_compares_both_models_and_the_gate_passes(tiny_llama_dir, tuned, 
     gate = json.loads((tmp_path / "quality_gate" / "quality_gate.json").read_text())
     assert gate["passed"] is True and gate["max_perplexity_ratio"] == 1.0
     assert "<=" in gate["reason"] and gate["metrics"] == json.loads(json.dumps(report["metrics"]))
+    # No model_name: the champion check is skipped, and the gate says so.
+    assert [(c["name"], c["ran"]) for c in gate["checks"]] == [
+        ("beats_base", True),
+        ("no_regression_vs_champion", False),
+    ]
+    assert "no_regression_vs_champion skipped: no model_name given" in gate["reason"]
     assert json.loads((tmp_path / "eval_report" / "eval_report.json").read_text())["quality_gate"]["passed"] is True
 
     markdown = (tmp_path / "eval_report" / "eval_report.md").read_text()
     assert "| metric | base | tuned | change |" in markdown and "| perplexity |" in markdown
     assert "## Answer 3" in markdown and "**Quality gate: passed**" in markdown
+    assert "- no_regression_vs_champion: skipped — no model_name given" in markdown
+    # summary.md: the table and the verdict alone, what `make run` prints at the end (pipelines/run.py).
+    summary = (tmp_path / "eval_report" / "summary.md").read_text()
+    assert summary.startswith("| metric | base | tuned | change |") and summary.strip() in markdown
+    assert "**Quality gate: passed**" in summary and "## Answer" not in summary
     assert "| next-token accuracy |" in capsys.readouterr().out  # make run shows the table
 
     _, client, experiment_id = mlflow_store
@@ -173,3 +184,81 @@ def test_bad_validation_line_names_file_and_line(tiny_llama_dir, tmp_path):
     (folder / "val.jsonl").write_text(json.dumps(make_conversations(1)[0]) + "\n{not json\n", encoding="utf-8")
     with pytest.raises(evaluate.EvalError, match=r"val\.jsonl:2: not a"):
         run_evaluate(tiny_llama_dir, tiny_llama_dir, tmp_path, tmp_path / "out")
+
+
+def register_champion(name: str, model_dir: Path, alias: bool = True) -> str:
+    """Register ``model_dir`` as a version of ``name`` the way register_model does (a pyfunc whose artifact
+    ``merged_model`` is the Hugging Face folder) in the test store; point the champion alias at it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    class Unused(mlflow.pyfunc.PythonModel):  # evaluate reads the artifact, never this code
+        def predict(self, context, model_input: list[str]) -> list[str]:
+            return model_input
+
+    with mlflow.start_run():
+        logged = mlflow.pyfunc.log_model(
+            name="model", python_model=Unused(), artifacts={"merged_model": str(model_dir)}, pip_requirements=["mlflow"]
+        )
+    version = mlflow.register_model(logged.model_uri, name).version
+    if alias:
+        MlflowClient().set_registered_model_alias(name, "champion", str(version))
+    return str(version)
+
+
+def test_the_champion_is_scored_and_a_tuned_model_that_beats_it_passes(tiny_llama_dir, tuned, chats, tmp_path):
+    version = register_champion("chat-ft-weaker-champion", tiny_llama_dir)  # the untrained base as champion
+    report = run_evaluate(
+        tiny_llama_dir, tuned, chats, tmp_path, model_name="chat-ft-weaker-champion", num_generation_samples=1
+    )
+
+    metrics, gate = report["metrics"], json.loads((tmp_path / "quality_gate" / "quality_gate.json").read_text())
+    assert metrics["champion"]["perplexity"] == pytest.approx(metrics["base"]["perplexity"])  # same weights
+    assert metrics["champion"]["assistant_tokens"] == metrics["tuned"]["assistant_tokens"]
+    assert gate["passed"] is True and all(check["ran"] and check["passed"] for check in gate["checks"])
+    assert gate["champion"]["model_uri"] == f"models:/chat-ft-weaker-champion/{version}"
+    assert f"champion chat-ft-weaker-champion v{version} perplexity" in gate["reason"]
+    markdown = (tmp_path / "eval_report" / "eval_report.md").read_text()
+    assert f"| champion (v{version}) | tuned vs champion |" in markdown
+
+
+def test_a_tuned_model_that_regresses_against_the_champion_fails_the_gate(tiny_llama_dir, tuned, chats, tmp_path):
+    """The tuned model beats the base but not the champion (itself, with a tolerance below 1): the gate fails."""
+    version = register_champion("chat-ft-stronger-champion", tuned)
+    report = run_evaluate(
+        tiny_llama_dir,
+        tuned,
+        chats,
+        tmp_path,
+        model_name="chat-ft-stronger-champion",
+        max_champion_ratio=0.99,
+        num_generation_samples=0,
+    )
+
+    gate = json.loads((tmp_path / "quality_gate" / "quality_gate.json").read_text())
+    assert gate["passed"] is False and report["quality_gate"]["passed"] is False
+    checks = {check["name"]: check for check in gate["checks"]}
+    assert checks["beats_base"]["passed"] is True and checks["no_regression_vs_champion"]["passed"] is False
+    # The reason names only what failed, with the numbers.
+    assert gate["reason"].startswith("tuned perplexity") and "beats_base" not in gate["reason"]
+    assert f"> 0.99 × champion chat-ft-stronger-champion v{version} perplexity" in gate["reason"]
+    assert "**Quality gate: FAILED**" in (tmp_path / "eval_report" / "eval_report.md").read_text()
+
+
+def test_no_champion_or_another_tokenizer_skips_the_champion_check_and_says_why(
+    tiny_llama_dir, tiny_phi3_dir, tuned, chats, tmp_path
+):
+    register_champion("chat-ft-no-alias", tiny_llama_dir, alias=False)  # registered, never promoted
+    register_champion("chat-ft-other-base", tiny_phi3_dir)  # a champion fine-tuned from another base model
+    expected = {
+        "chat-ft-never-registered": "no version of registered model 'chat-ft-never-registered' is champion yet",
+        "chat-ft-no-alias": "no version of registered model 'chat-ft-no-alias' is champion yet",
+        "chat-ft-other-base": "has a different tokenizer (another base model), so its perplexity is not comparable",
+    }
+    for name, why in expected.items():
+        out = tmp_path / name
+        run_evaluate(tiny_llama_dir, tuned, chats, out, model_name=name, num_generation_samples=0)
+        gate = json.loads((out / "quality_gate" / "quality_gate.json").read_text())
+        champion_check = gate["checks"][1]
+        assert gate["passed"] is True and champion_check["ran"] is False and why in champion_check["detail"], name
+        assert "champion" not in gate["metrics"] and "no_regression_vs_champion skipped: " in gate["reason"]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,7 @@ def run_args(model: Path, chats: Path, out: Path, *, validation: bool = True, **
         "gradient_accumulation_steps": 1,
         "max_seq_length": 256,
         "learning_rate": 5e-3,
+        "precision": "fp32",  # the same arithmetic on every CPU; auto and bf16 have tests of their own
         "adapter": out / "adapter",
         "merged_model": out / "merged_model",
         "checkpoints": out / "checkpoints",
@@ -100,6 +102,9 @@ def test_spec_loads_and_its_command_passes_every_input_and_output():
             assert {"min", "max", "default"} <= set(port), f"{name} needs min/max/default"
     for name in spec["outputs"]:
         assert f"--{name} ${{{{outputs.{name}}}}}" in component.command
+    # Multi-node on Azure ML: one process per node (one A100 each), nodes from resources.instance_count.
+    assert component.distribution.type == "pytorch" and component.distribution.process_count_per_instance == 1
+    assert component.resources.instance_count == 1
     # Defaults live in the spec only: the script reads them from there.
     outputs = ["--adapter", "a", "--merged_model", "m2", "--checkpoints", "c"]
     args = finetune.parse_args(["--base_model", "m", "--train_data", "d", *outputs])
@@ -140,7 +145,8 @@ def test_lora_on_phi3_writes_an_adapter_and_a_merged_model_that_differs_from_the
 
     assert metrics["global_step"] == 4 and metrics["method"] == "lora" and metrics["precision"] == "fp32"
     assert metrics["eval_loss_end"] < metrics["eval_loss_start"]
-    assert metrics["real_token_fraction"] == 1.0  # packed, padding-free
+    assert metrics["real_token_fraction"] >= 0.97  # packed, padding-free: no computed position is padding
+    assert metrics["world_size"] == 1 and metrics["global_batch_rows"] == 1  # 1 process × 1 row × 1 accumulation
     assert 0 < metrics["loss_token_fraction"] < 0.6  # assistant tokens only
     assert metrics["tokens_per_second"] > 0 and metrics["trainable_params"] < metrics["total_params"] / 2
     assert json.loads((out / "merged_model" / "train_metrics.json").read_text()) == metrics
@@ -149,9 +155,11 @@ def test_lora_on_phi3_writes_an_adapter_and_a_merged_model_that_differs_from_the
     run = latest_run(mlflow_store)
     client = mlflow_store.client
     assert run.data.params["method"] == "lora" and run.data.params["precision_used"] == "fp32"
+    assert run.data.params["global_batch_rows"] == "1"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
-    assert len(client.get_metric_history(run.info.run_id, "tokens_per_second")) == 4
-    assert {"eval_loss", "real_token_fraction", "learning_rate"} <= set(run.data.metrics)
+    for per_step in ("tokens_per_second", "real_token_fraction", "learning_rate", "mean_token_accuracy"):
+        assert len(client.get_metric_history(run.info.run_id, per_step)) == 4, per_step
+    assert "eval_loss" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"loss_curve.png", "train_metrics.json"} <= artifacts
 
@@ -191,6 +199,98 @@ def test_smollm2_training_template_renders_like_the_stock_one(tiny_llama_dir):
             )
 
 
+@pytest.mark.parametrize("arch", ["phi3", "llama"])
+def test_weight_zero_turns_carry_no_loss_and_chats_left_with_none_are_dropped(arch, request, tmp_path):
+    from chatft.model_source import load_tokenizer
+
+    model = request.getfixturevalue(f"tiny_{arch}_dir")
+    system = {"role": "system", "content": "You are a concise support assistant."}
+    chats, trained = [], []
+    for i in range(8):
+        first = {"role": "assistant", "content": f"Skipped answer {i}.", "weight": 0}
+        second = {"role": "assistant", "content": f"Learned answer {i}.", "weight": 1}
+        chats.append(
+            [system, {"role": "user", "content": f"Q{i}?"}, first, {"role": "user", "content": "And?"}, second]
+        )
+        trained.append(second["content"])
+    # Nothing left to learn from this one: it is dropped (TRL refuses a chat without assistant tokens).
+    chats.append([system, {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "Never.", "weight": 0}])
+    write_jsonl(tmp_path / "train" / "train.jsonl", [{"messages": m} for m in chats])
+
+    trainer = finetune.build_trainer(finetune.parse_args(run_args(model, tmp_path, tmp_path / "out", validation=False)))
+    end = "<|end|>\n" if arch == "phi3" else "<|im_end|>"
+    eos = "<|endoftext|>" if arch == "phi3" else ""  # TRL's Phi-3 template also trains the closing eos
+    assert sorted(loss_spans(trainer)) == sorted(answer + end + eos for answer in trained)
+    # The text the model reads is unchanged: the weight only moves the loss.
+    stock, training = load_tokenizer(model), trainer.processing_class.chat_template
+    for messages in chats:
+        assert stock.apply_chat_template(messages, tokenize=False, chat_template=training) == (
+            stock.apply_chat_template(messages, tokenize=False)
+        )
+    packed = "".join(trainer.processing_class.decode(row["input_ids"]) for row in trainer.train_dataset)
+    assert "Learned answer 7." in packed and "Never." not in packed
+
+
+def test_cpu_loss_projects_only_labelled_positions_and_equals_trls_loss(tiny_phi3_dir, chats, tmp_path):
+    """Our compute_loss (LM head on labelled positions only) gives TRL's loss and gradients, with less work."""
+    import torch
+    from trl import SFTTrainer
+
+    # No dropout: both losses must see the same forward pass.
+    flags = run_args(tiny_phi3_dir, chats, tmp_path, validation=False, lora_dropout=0.0)
+    trainer = finetune.build_trainer(finetune.parse_args(flags))
+    assert isinstance(trainer, SFTTrainer) and trainer.args.device.type == "cpu"
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    projected = []
+    head = model.get_base_model().get_output_embeddings()
+    handle = head.register_forward_hook(lambda module, inputs, output: projected.append(inputs[0].shape[0]))
+    try:
+        ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(37))
+    finally:
+        handle.remove()
+    ours_grads = torch.autograd.grad(ours, params)
+    theirs = SFTTrainer.compute_loss(trainer, model, dict(batch), num_items_in_batch=torch.tensor(37))
+    theirs_grads = torch.autograd.grad(theirs, params)
+
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert projected == [labelled] and labelled < 0.7 * batch["input_ids"].numel()
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    for mine, trl_grad in zip(ours_grads, theirs_grads, strict=True):
+        assert torch.allclose(mine, trl_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ["phi3", "llama"])
+def test_a_packed_row_scores_each_chat_as_if_it_were_alone(arch, request, chats, tmp_path):
+    """Packing is padding-free and keeps attention within each chat: positions restart, nothing leaks across."""
+    import torch
+
+    model_dir = request.getfixturevalue(f"tiny_{arch}_dir")
+    trainer = finetune.build_trainer(finetune.parse_args(run_args(model_dir, chats, tmp_path, validation=False)))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1  # one flat row, no padding
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) >= 2
+    model = trainer.model.eval()
+    one = torch.tensor(1)  # num_items_in_batch=1: the loss is the summed negative log-likelihood
+    with torch.no_grad():
+        packed = trainer.compute_loss(model, dict(batch), num_items_in_batch=one)
+        alone = sum(
+            trainer.compute_loss(
+                model,
+                {
+                    "input_ids": batch["input_ids"][:, a:b],
+                    "labels": batch["labels"][:, a:b],
+                    "position_ids": torch.arange(b - a)[None],
+                },
+                num_items_in_batch=one,
+            )
+            for a, b in zip(starts, [*starts[1:], batch["input_ids"].shape[1]], strict=True)
+        )
+    assert packed.item() == pytest.approx(alone.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("method", ["dora", "full"])
 def test_dora_and_full_fine_tuning_train_a_step(method, tiny_llama_dir, chats, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -207,6 +307,25 @@ def test_dora_and_full_fine_tuning_train_a_step(method, tiny_llama_dir, chats, t
         assert not (out / "adapter" / "adapter_config.json").exists()
         AutoModelForCausalLM.from_pretrained(out / "adapter")
     assert type(AutoModelForCausalLM.from_pretrained(out / "merged_model")).__name__ == "LlamaForCausalLM"
+
+
+def test_auto_precision_follows_the_hardware_and_bf16_trains_on_a_cpu(tiny_llama_dir, chats, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this test is about CPUs")
+    native = finetune.cpu_multiplies_bf16()
+    assert finetune._resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert finetune._resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(finetune.ConfigError, match="precision=fp16 needs a CUDA GPU"):
+        finetune._resolve_precision("fp16", "cpu")
+
+    flags = run_args(tiny_llama_dir, chats, tmp_path, validation=False, precision="bf16", max_steps=2)
+    metrics = finetune.main(finetune.parse_args(flags))
+    assert metrics["precision"] == "bf16" and metrics["global_step"] == 2 and metrics["train_loss"] > 0
+    # Merged into the base at the checkpoint's own precision, not rounded to the training one.
+    merged = json.loads((tmp_path / "merged_model" / "config.json").read_text())
+    assert merged["dtype"] == json.loads((tiny_llama_dir / "config.json").read_text())["dtype"] == "float32"
 
 
 def test_without_packing_batches_are_padded_and_the_padding_is_measured(tiny_llama_dir, chats, tmp_path):
@@ -263,3 +382,52 @@ def test_qlora_on_cpu_exits_with_a_clear_message(tiny_llama_dir, chats, tmp_path
     assert result.returncode == 1
     assert "finetune: method=qlora needs a CUDA GPU" in result.stderr
     assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_at_its_last_checkpoint_and_ends_at_the_same_step(tiny_llama_dir, chats, tmp_path):
+    """SIGKILL the real script once a checkpoint is on disk (a pre-empted node), re-run it on the same folders."""
+    # An epoch count, not max_steps: the step total then follows from the data, as in a real run.
+    inputs = {"max_steps": -1, "num_train_epochs": 6, "save_steps": 2, "eval_steps": 0}
+    out = tmp_path / "killed"
+    command = [sys.executable, "finetune.py", *run_args(tiny_llama_dir, chats, out, validation=False, **inputs)]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # as additional_includes puts chatft beside the script
+    deadline = time.monotonic() + 180
+    with (
+        (tmp_path / "killed.log").open("wb") as log,
+        subprocess.Popen(command, cwd=COMPONENT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT) as process,
+    ):
+        try:
+            while finetune.last_complete_checkpoint(out / "checkpoints", remove_incomplete=False) is None:
+                assert process.poll() is None, f"ended before a checkpoint: {(tmp_path / 'killed.log').read_text()}"
+                assert time.monotonic() < deadline, "no checkpoint within 180 s"
+                time.sleep(0.02)
+        finally:
+            process.kill()  # SIGKILL: no handler runs, like a pre-empted node
+            process.wait()
+    saved = finetune.last_complete_checkpoint(out / "checkpoints", remove_incomplete=False)
+    saved_step = int(saved.name.split("-")[1])
+    assert not (out / "merged_model" / "train_metrics.json").exists()  # it was stopped mid-run
+
+    rerun = subprocess.run(command, cwd=COMPONENT_DIR, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {saved} (step {saved_step})" in rerun.stdout
+    resumed = json.loads((out / "merged_model" / "train_metrics.json").read_text())
+
+    straight = finetune.main(
+        finetune.parse_args(run_args(tiny_llama_dir, chats, tmp_path / "straight", validation=False, **inputs))
+    )
+    assert resumed["resumed_from_step"] == saved_step < straight["global_step"]
+    assert resumed["global_step"] == straight["global_step"] and resumed["epoch"] == pytest.approx(6)
+
+
+@pytest.mark.gpu
+def test_qlora_trains_a_step_on_a_gpu(tiny_llama_dir, chats, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("QLoRA needs a CUDA GPU and bitsandbytes; this machine has no GPU (the CPU error is tested above)")
+    metrics = finetune.main(
+        finetune.parse_args(run_args(tiny_llama_dir, chats, tmp_path, validation=False, method="qlora", max_steps=1))
+    )
+    assert metrics["global_step"] == 1 and metrics["method"] == "qlora" and metrics["train_loss"] > 0

@@ -1,0 +1,427 @@
+"""Fine-tuning throughput: our finetune step against a plain TRL SFTTrainer, and our share of the machine's FLOPs.
+
+    .venv/bin/python bench/bench_finetune.py                 # 1 warm-up + 4 measured optimizer steps per run
+    .venv/bin/python bench/bench_finetune.py --steps 8 --json outputs/bench/finetune.json
+
+One script run, one machine, the same model (SmolLM2-135M-Instruct, converted once from the packaged GGUF like
+`make run` does), the same data (data/sample), the same sequence length and the same global batch size:
+
+- ours: components/finetune/finetune.py's own build_trainer() with the finetune settings of
+  pipelines/config/local.yaml, in the environment the local backend gives a step (its malloc tunables);
+- baseline: `SFTTrainer(model=path, args=SFTConfig(output_dir, use_cpu=True, max_length, max_steps),
+  train_dataset, peft_config=LoRA)`: TRL's defaults (8 padded rows per device, 1 accumulation step, bf16 autocast,
+  gradient checkpointing, loss on every token) with only what the CPU forces (use_cpu=True), the shared sequence
+  length, and a step bound. It trains the same LoRA adapter (rank, alpha and target modules as ours, PEFT's
+  defaults otherwise) and runs in a plain environment.
+
+Both global batches are 8 rows (8 × 1 accumulation vs 1 × 8); each run is a fresh process. Per optimizer step,
+from on_step_begin to on_step_end (data loading, logging and checkpoints fall outside), the script records wall
+and CPU seconds and, from the collated batches, the positions the model computes, the real (non-padding) tokens,
+the tokens with a label, and each chat's length.
+
+FLOPs counted for our step (matrix multiplies only; a fused multiply-add is 2 FLOPs):
+- base linear layers of the decoder: 4 × their parameters × real tokens (forward 2, input gradient 2; frozen
+  weights get no weight gradient);
+- LM head: 4 × its parameters × labelled tokens (our step projects only positions that have a label);
+- LoRA A/B: 6 × adapter parameters × real tokens (forward, input gradient, weight gradient);
+- attention scores and mixing: 3 × 4 × (heads × head_dim) × layers × Σ over chats of L(L+1)/2 (causal pairs within
+  each chat; backward = 2 × forward). Element-wise work (norms, activations, softmax) is not counted.
+The issue's shorthand (4 × all matmul parameters × real tokens + attention) is printed too.
+
+The machine's fp32 matmul rate is measured in our run's process with 2048 × 2048 `torch.matmul`s (median of 3)
+before training and after every optimizer step; the FLOP-rate fraction is each measured step's rate over the
+probe that follows it, and the median over steps is reported, so slow drifts in machine load cancel out. Where
+our step runs in bf16 (precision auto on a CPU with bf16 instructions), the bf16 matmul rate is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "src"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+LOCAL_PRESET = REPO / "pipelines" / "config" / "local.yaml"
+FINETUNE = REPO / "components" / "finetune" / "finetune.py"
+PROBE_SIZE = 2048
+GOALS = {"speedup": 3.0, "flop_fraction": 0.6}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per run (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=1, help="optimizer steps run first and not measured")
+    parser.add_argument("--output-root", default="outputs", help="where the converted model is cached (as make run)")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--baseline-env",
+        choices=["plain", "same"],
+        default="plain",
+        help="plain: the baseline runs without the local backend's malloc tunables; same: with them",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="INPUT=VALUE",
+        help="change one finetune input of our run, e.g. --set precision=fp32 (the baseline is unchanged)",
+    )
+    parser.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ---- shared by both workers -----------------------------------------------------------------------------------
+def _chat_lengths(batch) -> list[int]:
+    """Token count of each chat in a collated batch: padding-free rows restart positions per chat."""
+    if "attention_mask" in batch:
+        return [int(n) for n in batch["attention_mask"].sum(dim=1)]
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["position_ids"].shape[1]]
+    return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+
+
+class CountingCollator:
+    """Wraps a trainer's collator; counts what each batch makes the model compute."""
+
+    def __init__(self, collate):
+        self.collate = collate
+        self.reset()
+
+    def reset(self) -> None:
+        self.positions = self.real = self.labelled = self.pairs = self.chats = 0
+
+    def __call__(self, examples):
+        batch = self.collate(examples)
+        lengths = _chat_lengths(batch)
+        self.positions += batch["input_ids"].numel()
+        self.real += sum(lengths)
+        self.labelled += int((batch["labels"][:, 1:] != -100).sum())
+        self.pairs += sum(n * (n + 1) // 2 for n in lengths)
+        self.chats += len(lengths)
+        return batch
+
+    def take(self) -> dict:
+        counts = {k: getattr(self, k) for k in ("positions", "real", "labelled", "pairs", "chats")}
+        self.reset()
+        return counts
+
+
+def matmul_rate(size: int = PROBE_SIZE, repeats: int = 3, dtype: str = "float32") -> float:
+    """FLOP/s of a size × size matmul on this machine now: the median of ``repeats`` (the best would flatter
+    the machine when other processes come and go, while a training step sees their average)."""
+    import torch
+
+    a, b = (torch.randn(size, size).to(getattr(torch, dtype)) for _ in range(2))
+    torch.matmul(a, b)  # first call: allocation and thread start-up
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        seconds.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(seconds)
+
+
+def _instrument(trainer, probe: bool) -> list[dict]:
+    """Time every optimizer step; optionally probe the matmul rate after each one (outside the timed window)."""
+    from transformers import TrainerCallback
+
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    steps: list[dict] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+            # Batches are collated before on_step_begin, so the counts since the last step are this step's.
+            steps.append({"step": state.global_step, "seconds": wall, "cpu_seconds": cpu, **counter.take()})
+            if probe:
+                steps[-1]["matmul_flops_after"] = matmul_rate()
+
+    trainer.add_callback(StepClock())
+    return steps
+
+
+def _load_finetune():
+    spec = importlib.util.spec_from_file_location("finetune_component", FINETUNE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _local_finetune_flags(model: str, data: str, out: Path, max_steps: int, overrides: list[str] = ()) -> list[str]:
+    """finetune.py flags: local.yaml's finetune section (+ --set overrides), the bench's model/data/output folders
+    and step bound."""
+    from pipelines.settings import load_settings
+
+    inputs = {
+        **load_settings(LOCAL_PRESET, [f"finetune.{item}" for item in overrides]).step("finetune"),
+        "base_model": model,
+        "train_data": data,
+        "max_steps": max_steps,
+        "adapter": out / "adapter",
+        "merged_model": out / "merged_model",
+        "checkpoints": out / "checkpoints",
+    }
+    return [item for name, value in inputs.items() for item in (f"--{name}", str(value))]
+
+
+def _model_flops(trainer) -> dict:
+    """Parameter counts that the FLOP formulas in the module docstring multiply."""
+    import torch
+
+    model = trainer.model
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = causal_lm.base_model
+    body = adapters = 0
+    for name, module in backbone.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            if "lora_" in name:
+                adapters += module.weight.numel()
+            else:
+                body += module.weight.numel()
+    config = causal_lm.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return {
+        "body_params": body,
+        "head_params": causal_lm.get_output_embeddings().weight.numel(),
+        "adapter_params": adapters,
+        "attention_width": config.num_attention_heads * head_dim,
+        "layers": config.num_hidden_layers,
+    }
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    finetune = _load_finetune()
+    data = str(REPO / "data" / "sample")
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as out:
+        flags = _local_finetune_flags(args.model, data, Path(out), args.warmup + args.steps, args.overrides)
+        ft_args = finetune.parse_args(flags)
+        probes_before = [matmul_rate() for _ in range(3)]
+        bf16_probes = [matmul_rate(dtype="bfloat16") for _ in range(3)]
+        trainer = finetune.build_trainer(ft_args)
+        steps = _instrument(trainer, probe=True)
+        trainer.train()
+    t = trainer.args
+    return {
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(ft_args).items()
+            if k not in ("adapter", "merged_model", "checkpoints")
+        },
+        "global_batch_rows": t.per_device_train_batch_size * t.gradient_accumulation_steps * t.world_size,
+        "max_length": t.max_length,
+        "precision": "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32",
+        "model": _model_flops(trainer),
+        "matmul_flops_before": probes_before,
+        "bf16_matmul_flops": statistics.median(bf16_probes),
+        "steps": steps,
+    }
+
+
+def run_baseline(args: argparse.Namespace) -> dict:
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from chatft.model_source import lora_target_modules
+    from pipelines.settings import load_settings
+
+    finetune = _load_finetune()
+    ours = finetune.parse_args(_local_finetune_flags(args.model, "unused", Path("unused"), 1))
+    files = sorted(str(p) for p in (REPO / "data" / "sample").glob("*.jsonl"))
+    dataset = load_dataset("json", data_files=files, split="train")
+    model_type = json.loads((Path(args.model) / "config.json").read_text(encoding="utf-8"))["model_type"]
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as out:
+        config = SFTConfig(
+            output_dir=out,
+            use_cpu=True,  # the one change the CPU forces (bf16 and checkpointing defaults otherwise refuse)
+            max_length=load_settings(LOCAL_PRESET).step("finetune")["max_seq_length"],  # the shared length
+            max_steps=args.warmup + args.steps,  # the bench's bound
+        )
+        peft_config = LoraConfig(
+            r=ours.lora_r,
+            lora_alpha=ours.lora_alpha,
+            target_modules=lora_target_modules(model_type, ours.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        trainer = SFTTrainer(model=args.model, args=config, train_dataset=dataset, peft_config=peft_config)
+        steps = _instrument(trainer, probe=False)
+        trainer.train()
+    t = trainer.args
+    return {
+        "settings": {
+            "per_device_train_batch_size": t.per_device_train_batch_size,
+            "gradient_accumulation_steps": t.gradient_accumulation_steps,
+            "bf16": t.bf16,
+            "gradient_checkpointing": t.gradient_checkpointing,
+            "packing": t.packing,
+            "assistant_only_loss": t.assistant_only_loss,
+        },
+        "global_batch_rows": t.per_device_train_batch_size * t.gradient_accumulation_steps * t.world_size,
+        "max_length": t.max_length,
+        "steps": steps,
+    }
+
+
+# ---- the parent: runs both, compares ---------------------------------------------------------------------------
+def _worker_env(kind: str, baseline_env: str) -> dict[str, str]:
+    from pipelines.local_backend import _MALLOC_TUNABLES  # what the local backend gives every step
+
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if kind == "ours" or baseline_env == "same":
+        env["GLIBC_TUNABLES"] = _MALLOC_TUNABLES
+    return env
+
+
+def _run_worker(kind: str, model: Path, args: argparse.Namespace, folder: Path) -> dict:
+    result = folder / f"{kind}.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--model", str(model)]
+    command += ["--result", str(result), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += [item for override in args.overrides for item in ("--set", override)]
+    print(f"running {kind} ({args.warmup} warm-up + {args.steps} measured optimizer steps) ...", flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, env=_worker_env(kind, args.baseline_env), capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"bench_finetune: the {kind} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+    return json.loads(result.read_text(encoding="utf-8"))
+
+
+def _measured(run: dict, warmup: int) -> list[dict]:
+    steps = run["steps"][warmup:]
+    if not steps:
+        sys.exit("bench_finetune: no measured steps (the data ran out before the warm-up ended?)")
+    return steps
+
+
+def _totals(steps: list[dict]) -> dict:
+    return {key: sum(s[key] for s in steps) for key in ("seconds", "cpu_seconds", "positions", "real", "labelled")}
+
+
+def step_flops(step: dict, model: dict) -> dict:
+    """FLOPs of one optimizer step of our run, by the formulas in the module docstring."""
+    counted = {
+        "body": 4 * model["body_params"] * step["real"],
+        "head": 4 * model["head_params"] * step["labelled"],
+        "adapters": 6 * model["adapter_params"] * step["real"],
+        "attention": 3 * 4 * model["attention_width"] * model["layers"] * step["pairs"],
+    }
+    shorthand = 4 * (model["body_params"] + model["head_params"]) * step["real"] + counted["attention"]
+    return {"counted": sum(counted.values()), "parts": counted, "shorthand": shorthand}
+
+
+def compare(ours: dict, baseline: dict, warmup: int) -> dict:
+    mine, theirs = _measured(ours, warmup), _measured(baseline, warmup)
+    a, b = _totals(mine), _totals(theirs)
+    fractions, shorthand_fractions = [], []
+    for step in mine:
+        flops = step_flops(step, ours["model"])
+        fractions.append(flops["counted"] / step["seconds"] / step["matmul_flops_after"])
+        shorthand_fractions.append(flops["shorthand"] / step["seconds"] / step["matmul_flops_after"])
+    probes = ours["matmul_flops_before"] + [s["matmul_flops_after"] for s in mine]
+    counted = sum(step_flops(s, ours["model"])["counted"] for s in mine)
+    return {
+        "ours_tokens_per_second": a["real"] / a["seconds"],
+        "baseline_tokens_per_second": b["real"] / b["seconds"],
+        "speedup": (a["real"] / a["seconds"]) / (b["real"] / b["seconds"]),
+        "speedup_cpu_time": (a["real"] / a["cpu_seconds"]) / (b["real"] / b["cpu_seconds"]),
+        "ours_real_token_fraction": a["real"] / a["positions"],
+        "baseline_real_token_fraction": b["real"] / b["positions"],
+        "ours_labelled_fraction": a["labelled"] / a["real"],
+        "ours_flops_per_second": counted / a["seconds"],
+        "matmul_flops_per_second": statistics.median(probes),
+        "flop_fraction": statistics.median(fractions),
+        "flop_fraction_per_step": fractions,
+        "flop_fraction_shorthand": statistics.median(shorthand_fractions),
+        "bf16_matmul_flops_per_second": ours["bf16_matmul_flops"],
+        "ours_tokens_per_step": a["real"] / len(mine),
+        "baseline_tokens_per_step": b["real"] / len(theirs),
+        "measured_steps": len(mine),
+    }
+
+
+def report(ours: dict, baseline: dict, result: dict, args: argparse.Namespace) -> None:
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").is_file() else "?"
+    print()
+    print(f"same: model, data/sample, max length {ours['max_length']}, {ours['global_batch_rows']} rows per step")
+    changed = f" with {', '.join(args.overrides)}" if args.overrides else ""
+    print(f"our settings: local.yaml's finetune section{changed}; precision used: {ours['precision']}")
+    print(f"baseline settings (TRL defaults): {json.dumps(baseline['settings'])}  env: {args.baseline_env}")
+    rows = [
+        ("real tokens / s", f"{result['ours_tokens_per_second']:.1f}", f"{result['baseline_tokens_per_second']:.1f}"),
+        ("real tokens / step", f"{result['ours_tokens_per_step']:.0f}", f"{result['baseline_tokens_per_step']:.0f}"),
+        (
+            "real-token fraction",
+            f"{result['ours_real_token_fraction']:.3f}",
+            f"{result['baseline_real_token_fraction']:.3f}",
+        ),
+    ]
+    print(f"{'':<22}{'ours':>10}{'baseline':>12}")
+    for label, mine, theirs in rows:
+        print(f"{label:<22}{mine:>10}{theirs:>12}")
+    speed_ok = "meets" if result["speedup"] >= GOALS["speedup"] else "BELOW"
+    flop_ok = "meets" if result["flop_fraction"] >= GOALS["flop_fraction"] else "BELOW"
+    print(f"speed-up (wall): {result['speedup']:.2f}x  ({speed_ok} the {GOALS['speedup']}x goal)")
+    print(f"speed-up (CPU seconds per token, less sensitive to other load): {result['speedup_cpu_time']:.2f}x")
+    print(
+        f"our FLOP rate {result['ours_flops_per_second'] / 1e9:.1f} GFLOP/s; fp32 matmul "
+        f"{result['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s (median of {PROBE_SIZE}^3 probes)"
+    )
+    print(
+        f"FLOP-rate fraction: {result['flop_fraction']:.3f} median over steps ({flop_ok} the "
+        f"{GOALS['flop_fraction']} goal); issue shorthand: {result['flop_fraction_shorthand']:.3f}"
+    )
+    if ours["precision"] == "bf16":
+        bf16_fraction = (
+            result["flop_fraction"] * result["matmul_flops_per_second"] / result["bf16_matmul_flops_per_second"]
+        )
+        print(
+            f"our step multiplies in bf16: the bf16 matmul rate is {result['bf16_matmul_flops_per_second'] / 1e9:.1f} "
+            f"GFLOP/s, and against it the fraction is about {bf16_fraction:.3f}"
+        )
+    print(f"load average at the end: {load} (other processes share the cores: timings are noisy)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.worker:
+        result = run_ours(args) if args.worker == "ours" else run_baseline(args)
+        Path(args.result).write_text(json.dumps(result), encoding="utf-8")
+        return 0
+    from pipelines.run import prepare_base_model
+    from pipelines.settings import load_settings
+
+    output_root = Path(args.output_root)
+    output_root = output_root if output_root.is_absolute() else REPO / output_root
+    model = Path(prepare_base_model(load_settings(LOCAL_PRESET), output_root))
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as folder:
+        baseline = _run_worker("baseline", model, args, Path(folder))
+        ours = _run_worker("ours", model, args, Path(folder))
+    if ours["global_batch_rows"] != baseline["global_batch_rows"] or ours["max_length"] != baseline["max_length"]:
+        sys.exit("bench_finetune: the runs differ in global batch size or sequence length; fix the bench")
+    result = compare(ours, baseline, args.warmup)
+    report(ours, baseline, result, args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"result": result, "ours": ours, "baseline": baseline}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
