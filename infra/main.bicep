@@ -1,4 +1,5 @@
-// chatft infrastructure: one Azure ML workspace with its dependencies, a compute identity and two clusters.
+// chatft infrastructure: one Azure ML workspace with its dependencies, a compute identity, two clusters, and the
+// Event Grid -> Azure Function path that retrains on new training data.
 // Deploy (Azure CLI compiles the Bicep):
 //   az deployment group create --resource-group <rg> --template-file infra/main.bicep --parameters infra/main.dev.bicepparam
 // Every resource lives in its own module under modules/; this file only wires them together.
@@ -17,9 +18,8 @@ param tags object = {
   project: 'chatft'
 }
 
-@description('HTTPS endpoint that receives blob-created events for retraining (an Azure Function Event Grid trigger URL). Empty: no subscription.')
-@secure()
-param retrainWebhookUrl string = ''
+@description('True once the retraining function\'s code is published (infra/retrain_function/): creates the Event Grid subscription that calls it.')
+param retrainFunctionDeployed bool = false
 
 // Cluster names, sizes and scale settings live once, in compute.json; the pipeline code reads the same file.
 var compute = loadJsonContent('compute.json')
@@ -132,6 +132,54 @@ module cpuCluster 'modules/aml_compute_cluster.bicep' = {
   }
 }
 
+module retrainIdentity 'modules/managed_identity.bicep' = {
+  name: '${deployment().name}-retrain-identity'
+  params: {
+    baseName: baseName
+    location: location
+    tags: tags
+    purpose: 'retrain'
+  }
+}
+
+module functionStorage 'modules/function_storage.bicep' = {
+  name: '${deployment().name}-function-storage'
+  params: {
+    baseName: baseName
+    location: location
+    tags: tags
+  }
+}
+
+module retrainRoles 'modules/retrain_role_assignments.bicep' = {
+  name: '${deployment().name}-retrain-roles'
+  params: {
+    baseName: baseName
+    principalId: retrainIdentity.outputs.principalId
+    trainingStorageName: storage.outputs.name
+    functionStorageName: functionStorage.outputs.name
+    workspaceName: workspace.outputs.name
+  }
+}
+
+module retrainFunction 'modules/function_app.bicep' = {
+  name: '${deployment().name}-retrain-function'
+  params: {
+    baseName: baseName
+    location: location
+    tags: tags
+    identityId: retrainIdentity.outputs.id
+    identityClientId: retrainIdentity.outputs.clientId
+    functionStorageName: functionStorage.outputs.name
+    functionStorageBlobEndpoint: functionStorage.outputs.blobEndpoint
+    deploymentContainerName: functionStorage.outputs.deploymentContainerName
+    applicationInsightsName: appInsights.outputs.name
+    workspaceName: workspace.outputs.name
+    trainingStorageBlobEndpoint: storage.outputs.blobEndpoint
+    trainingDataContainerName: storage.outputs.trainingDataContainerName
+  }
+}
+
 module eventGrid 'modules/event_grid.bicep' = {
   name: '${deployment().name}-eventgrid'
   params: {
@@ -141,7 +189,8 @@ module eventGrid 'modules/event_grid.bicep' = {
     storageAccountName: storage.outputs.name
     trainingDataContainerName: storage.outputs.trainingDataContainerName
     deadLetterContainerName: storage.outputs.deadLetterContainerName
-    retrainWebhookUrl: retrainWebhookUrl
+    retrainFunctionId: retrainFunction.outputs.retrainFunctionId
+    retrainFunctionDeployed: retrainFunctionDeployed
   }
 }
 
@@ -155,3 +204,4 @@ output storageAccountName string = storage.outputs.name
 output trainingDataContainerName string = storage.outputs.trainingDataContainerName
 output eventGridSystemTopicName string = eventGrid.outputs.name
 output retrainSubscriptionName string = eventGrid.outputs.retrainSubscriptionName
+output retrainFunctionAppName string = retrainFunction.outputs.name

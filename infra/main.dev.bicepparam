@@ -11,6 +11,6 @@ param tags = {
   environment: 'dev'
 }
 
-// Read from the environment so the URL (it carries a function key) never lands in git.
-// Unset or empty: the retraining subscription is not created.
-param retrainWebhookUrl = readEnvironmentVariable('CHATFT_RETRAIN_WEBHOOK_URL', '')
+// The Event Grid subscription to the retraining function needs its code published first (infra/README.md):
+// deploy once, publish, then deploy again with CHATFT_RETRAIN_FUNCTION_DEPLOYED=true.
+param retrainFunctionDeployed = bool(readEnvironmentVariable('CHATFT_RETRAIN_FUNCTION_DEPLOYED', 'false'))

@@ -2,11 +2,13 @@
 
 Precedence: component defaults (each ``component.yml``) → a preset YAML in ``pipelines/config/`` →
 ``--set step.input=value`` flags. A preset only names what it changes; unknown keys are errors.
-Cluster names and sizes are not settings here: they live once, in ``infra/compute.json``.
+Cluster names and sizes are not settings here: they live once, in ``infra/compute.json``. The optional ``azure``
+section names the workspace-side things a submission creates (the data asset, the schedule); see ``AzureSettings``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +27,26 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class ScheduleSettings:
+    """``azure.schedule``: when ``make schedule`` runs the pipeline (an Azure ML JobSchedule with a cron trigger)."""
+
+    name: str
+    # Five fields: minute hour day-of-month month day-of-week, e.g. "0 3 * * 1" = Mondays 03:00.
+    cron: str
+    # A Windows time zone name as Azure ML expects it ("UTC", "W. Europe Standard Time"); see azure.ai.ml.constants.
+    time_zone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    """``azure``: what a submission registers in the workspace besides the pipeline job."""
+
+    # Local training data is registered under this name; the version is the data's fingerprint.
+    data_asset_name: str = "chatft-chat-data"
+    schedule: ScheduleSettings | None = None
+
+
+@dataclass(frozen=True)
 class RunSettings:
     experiment_name: str
     # Local path, Azure ML asset URI (azureml:..., azureml://registries/...), or "packaged:smollm2".
@@ -34,6 +56,7 @@ class RunSettings:
     raw_data: str | None = None
     # Per-step component inputs, keyed by component name (e.g. steps.finetune.learning_rate).
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    azure: AzureSettings = field(default_factory=AzureSettings)
     source: str = "<defaults>"
 
     def step(self, component: str) -> dict[str, Any]:
@@ -74,8 +97,51 @@ def load_settings(path: str | Path, overrides: list[str] | None = None) -> RunSe
         base_model_name=str(raw["base_model_name"]),
         raw_data=raw.get("raw_data"),
         steps=steps,
+        azure=_azure_settings(raw.get("azure"), path),
         source=str(path),
     )
+
+
+def _azure_settings(raw: Any, path: Path) -> AzureSettings:
+    """The ``azure`` section: unknown keys, a malformed cron line or an unknown time zone are errors naming the key."""
+    if raw is None:
+        return AzureSettings()
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: 'azure' must be a mapping")
+    _check_keys(raw, AzureSettings, path, "azure")
+    schedule = raw.get("schedule")
+    if schedule is not None:
+        if not isinstance(schedule, dict):
+            raise SettingsError(f"{path}: 'azure.schedule' must be a mapping with name, cron and time_zone")
+        _check_keys(schedule, ScheduleSettings, path, "azure.schedule")
+        missing = [key for key in ("name", "cron") if not schedule.get(key)]
+        if missing:
+            raise SettingsError(f"{path}: azure.schedule needs {' and '.join(missing)}")
+        schedule = ScheduleSettings(**{key: str(value) for key, value in schedule.items()})
+        if len(schedule.cron.split()) != 5:
+            raise SettingsError(
+                f"{path}: azure.schedule.cron {schedule.cron!r} must have 5 fields (minute hour day month weekday), "
+                "e.g. '0 3 * * 1'"
+            )
+        from azure.ai.ml.constants import TimeZone
+
+        zones = {zone.value for zone in TimeZone}
+        if schedule.time_zone not in zones:
+            raise SettingsError(
+                f"{path}: azure.schedule.time_zone {schedule.time_zone!r} is not an Azure ML time zone "
+                "(Windows names such as 'UTC', 'W. Europe Standard Time'; see azure.ai.ml.constants.TimeZone)"
+            )
+    name = str(raw.get("data_asset_name") or AzureSettings.data_asset_name)
+    return AzureSettings(data_asset_name=name, schedule=schedule)
+
+
+def _check_keys(raw: dict, kind: type, path: Path, where: str) -> None:
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SettingsError(
+            f"{path}: unknown key(s) {where}.{', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+        )
 
 
 def _parse_scalar(text: str) -> Any:
@@ -93,3 +159,21 @@ def _parse_scalar(text: str) -> Any:
 def load_compute(path: Path = COMPUTE_FILE) -> dict[str, Any]:
     """The clusters and endpoint size: defined once for Bicep (loadJsonContent) and the pipeline."""
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
+    """--config and --set, for every CLI that builds the pipeline."""
+    parser.add_argument("--config", default=default_config, help=f"preset YAML (default: {default_config})")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="STEP.INPUT=VALUE", help="override an input"
+    )
+
+
+def project_path(path: str | Path) -> Path:
+    """A path from the command line or a preset: as given when absolute, else relative to the project root."""
+    path = Path(path)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    return load_settings(project_path(args.config), args.overrides)

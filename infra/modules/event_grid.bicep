@@ -1,5 +1,5 @@
-// Retraining trigger: blob-created events on the training-data container go to a webhook
-// (typically an Azure Function that submits the fine-tuning pipeline). See infra/README.md.
+// Retraining trigger: blob-created events on the training-data container go to the retraining function
+// (infra/retrain_function/, deployed by function_app.bicep), which runs pipelines/retrain.py. See infra/README.md.
 
 @description('Short name shared by every resource of this deployment (lowercase letters and digits).')
 param baseName string
@@ -19,9 +19,11 @@ param trainingDataContainerName string
 @description('Container that keeps events Event Grid could not deliver.')
 param deadLetterContainerName string
 
-@description('HTTPS endpoint that receives the events, e.g. an Azure Function Event Grid trigger URL. Empty: no subscription.')
-@secure()
-param retrainWebhookUrl string
+@description('Resource id of the function that receives the events (<function app id>/functions/<name>).')
+param retrainFunctionId string
+
+@description('Whether the function\'s code is published: Event Grid checks the function exists when the subscription is created, so the first deployment (before `func azure functionapp publish`) leaves it out.')
+param retrainFunctionDeployed bool
 
 var retrainSubscriptionName = 'evgs-${baseName}-retrain'
 
@@ -40,14 +42,15 @@ resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
   }
 }
 
-resource retrainSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = if (!empty(retrainWebhookUrl)) {
+resource retrainSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = if (retrainFunctionDeployed) {
   parent: systemTopic
   name: retrainSubscriptionName
   properties: {
+    // By resource id: Event Grid calls the function with the host's own key; no URL or key in the template.
     destination: {
-      endpointType: 'WebHook'
+      endpointType: 'AzureFunction'
       properties: {
-        endpointUrl: retrainWebhookUrl
+        resourceId: retrainFunctionId
         // One event per call: each new file is one retraining decision.
         maxEventsPerBatch: 1
         preferredBatchSizeInKilobytes: 64
@@ -93,4 +96,4 @@ resource retrainSubscription 'Microsoft.EventGrid/systemTopics/eventSubscription
 
 output id string = systemTopic.id
 output name string = systemTopic.name
-output retrainSubscriptionName string = empty(retrainWebhookUrl) ? '' : retrainSubscriptionName
+output retrainSubscriptionName string = retrainFunctionDeployed ? retrainSubscriptionName : ''

@@ -98,5 +98,6 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
 
 output id string = storageAccount.id
 output name string = storageAccount.name
+output blobEndpoint string = storageAccount.properties.primaryEndpoints.blob
 output trainingDataContainerName string = trainingDataContainer.name
 output deadLetterContainerName string = deadLetterContainer.name

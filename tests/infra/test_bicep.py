@@ -23,6 +23,10 @@ INFRA = ROOT / "infra"
 CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
 STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
+AZUREML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
 ML_API_VERSION = "2025-09-01"
 
 _PARSE_SCRIPT = """
@@ -121,6 +125,8 @@ def test_main_calls_every_module_and_modules_follow_the_contract(parsed):
         ("aml_workspace", "mlw-"),
         ("managed_identity", "id-"),
         ("event_grid", "evgt-"),
+        ("function_storage", "stfn"),
+        ("function_app", "func-"),
     ],
 )
 def test_resource_names_carry_a_type_prefix(module, prefix):
@@ -285,30 +291,89 @@ def test_clusters_run_as_the_user_assigned_identity(parsed):
         assert _ref(_module(parsed, symbol)["config"]["params"]["identityId"]) == "identity.outputs.id"
 
 
-def test_retraining_subscription_is_deployed_only_with_a_webhook(parsed):
-    main_param = parsed["main.bicep"]["parameters"]["retrainWebhookUrl"]
-    assert main_param["default"] == ""
-    assert {"type": "secure"} in main_param["decorators"]
+def test_retraining_subscription_calls_the_function_once_its_code_is_published(parsed):
+    main_param = parsed["main.bicep"]["parameters"]["retrainFunctionDeployed"]
+    assert main_param["type"] == "bool" and main_param["default"] is False
+    assert not any("secure" in str(p["decorators"]) for p in parsed["main.bicep"]["parameters"].values()), (
+        "the retraining path needs no secret parameter: the function is addressed by resource id"
+    )
 
     tree = parsed["modules/event_grid.bicep"]
     (topic,) = _resources(tree, "Microsoft.EventGrid/systemTopics").values()
     assert topic["config"]["properties"]["topicType"] == "Microsoft.Storage.StorageAccounts"
     (subscription,) = _resources(tree, "Microsoft.EventGrid/systemTopics/eventSubscriptions").values()
-    assert subscription["config"]["condition"] == {
-        "operator": {
-            "type": "not",
-            "operands": {
-                "bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": "retrainWebhookUrl"}}}
-            },
-        }
-    }
+    assert subscription["config"]["condition"] == "retrainFunctionDeployed"
     body = _config(subscription)["properties"]
-    assert body["destination"]["properties"]["endpointUrl"] == "retrainWebhookUrl"
+    assert body["destination"]["endpointType"] == "AzureFunction"
+    assert body["destination"]["properties"]["resourceId"] == "retrainFunctionId"
     assert body["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
     assert body["filter"]["subjectBeginsWith"] == "/blobServices/default/containers/${trainingDataContainerName}/blobs/"
+    assert body["deadLetterDestination"]["properties"]["blobContainerName"] == "deadLetterContainerName"
     params = _module(parsed, "eventGrid")["config"]["params"]
     assert _ref(params["trainingDataContainerName"]) == "storage.outputs.trainingDataContainerName"
-    assert params["retrainWebhookUrl"] == "retrainWebhookUrl"
+    assert _ref(params["retrainFunctionId"]) == "retrainFunction.outputs.retrainFunctionId"
+    assert params["retrainFunctionDeployed"] == "retrainFunctionDeployed"
+    # The function id names the function that infra/retrain_function/function_app.py defines.
+    function_id = parsed["modules/function_app.bicep"]["outputs"]["retrainFunctionId"]["value"]
+    assert function_id == "${functionApp.id}/functions/retrain_on_new_data"
+    assert '@app.function_name("retrain_on_new_data")' in (INFRA / "retrain_function" / "function_app.py").read_text()
+
+
+def test_retrain_function_runs_python_on_flex_consumption_as_its_own_identity(parsed):
+    tree = parsed["modules/function_app.bicep"]
+    (plan,) = _resources(tree, "Microsoft.Web/serverfarms").values()
+    assert plan["config"]["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+    (app,) = _resources(tree, "Microsoft.Web/sites").values()
+    config = app["config"]
+    assert config["identity"] == {"type": "UserAssigned", "userAssignedIdentities": {"'${identityId}'": {}}}
+    properties = config["properties"]
+    assert properties["httpsOnly"] is True
+    assert properties["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.11"}
+    storage = properties["functionAppConfig"]["deployment"]["storage"]
+    assert storage["authentication"] == {
+        "type": "UserAssignedIdentity",
+        "userAssignedIdentityResourceId": "identityId",
+    }
+    settings = {s["name"]: s["value"] for s in properties["siteConfig"]["appSettings"]}
+    # Identity-based host storage (the account has shared keys off) and what workspace_client() reads.
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert settings["AZURE_CLIENT_ID"] == "identityClientId"
+    assert settings["AZUREML_WORKSPACE_NAME"] == "workspaceName"
+    assert {"AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "CHATFT_TRAINING_CONTAINER"} <= set(settings)
+    assert not any("AccountKey" in str(value) for value in settings.values()), "no storage keys in app settings"
+    (account,) = _resources(parsed["modules/function_storage.bicep"], "Microsoft.Storage/storageAccounts").values()
+    assert account["config"]["properties"]["allowSharedKeyAccess"] is False
+
+    params = _module(parsed, "retrainFunction")["config"]["params"]
+    assert _ref(params["identityId"]) == "retrainIdentity.outputs.id"
+    assert _ref(params["identityClientId"]) == "retrainIdentity.outputs.clientId"
+    assert _module(parsed, "retrainIdentity")["config"]["params"]["purpose"] == "retrain"
+
+
+def test_retrain_identity_gets_exactly_its_five_roles(parsed):
+    tree = parsed["modules/retrain_role_assignments.bicep"]
+    role_ids = {name: var["value"] for name, var in tree["variables"].items()}
+    existing = {name: r["type"] for name, r in tree["resources"].items() if r["existing"]}
+    granted = set()
+    for name, assignment in _resources(tree, "Microsoft.Authorization/roleAssignments").items():
+        config = assignment["config"]
+        role_var = config["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+        assert config["name"]["function"]["type"] == "guid", name
+        assert _ref(config["name"]["function"]["parameters"]["base_string"]) == f"{config['scope']}.id", name
+        assert config["properties"]["principalType"] == "ServicePrincipal", name
+        granted.add((role_ids[role_var], existing[config["scope"]], config["scope"]))
+    assert granted == {
+        (STORAGE_BLOB_DATA_READER, "Microsoft.Storage/storageAccounts", "trainingStorage"),
+        (STORAGE_BLOB_DATA_OWNER, "Microsoft.Storage/storageAccounts", "functionStorage"),
+        (STORAGE_QUEUE_DATA_CONTRIBUTOR, "Microsoft.Storage/storageAccounts", "functionStorage"),
+        (STORAGE_TABLE_DATA_CONTRIBUTOR, "Microsoft.Storage/storageAccounts", "functionStorage"),
+        (AZUREML_DATA_SCIENTIST, "Microsoft.MachineLearningServices/workspaces", "workspace"),
+    }
+    params = _module(parsed, "retrainRoles")["config"]["params"]
+    assert _ref(params["principalId"]) == "retrainIdentity.outputs.principalId"
+    assert _ref(params["trainingStorageName"]) == "storage.outputs.name"
+    assert _ref(params["functionStorageName"]) == "functionStorage.outputs.name"
+    assert _ref(params["workspaceName"]) == "workspace.outputs.name"
 
 
 def test_main_outputs_what_the_pipeline_needs(parsed):
@@ -319,6 +384,7 @@ def test_main_outputs_what_the_pipeline_needs(parsed):
         "identityClientId": "identity.outputs.clientId",
         "gpuClusterName": "gpuCluster.outputs.name",
         "cpuClusterName": "cpuCluster.outputs.name",
+        "retrainFunctionAppName": "retrainFunction.outputs.name",
     }
     assert {name: _ref(outputs[name]["value"]) for name in expected} == expected
 
@@ -334,7 +400,7 @@ def test_dev_parameters_file_sets_every_required_parameter(parsed):
     assert required <= set(assigned), f"required parameters not set: {required - set(assigned)}"
     base_name = assigned["baseName"].strip("'")
     assert re.fullmatch(r"[a-z0-9]{3,12}", base_name), base_name
-    assert "readEnvironmentVariable('CHATFT_RETRAIN_WEBHOOK_URL', '')" in assigned["retrainWebhookUrl"]
+    assert "readEnvironmentVariable('CHATFT_RETRAIN_FUNCTION_DEPLOYED', 'false')" in assigned["retrainFunctionDeployed"]
 
 
 def _checkov_report(iac_python: Path, folder: Path) -> dict[str, Any]:

@@ -1,0 +1,205 @@
+"""Preflight, offline: quota against the recording fake MLClient, token and cost arithmetic against small inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines import preflight
+from pipelines.azure_backend import SubmitOptions
+from pipelines.settings import PROJECT_ROOT, load_compute, load_settings
+from tests.helpers.fake_azure import AMPLE_QUOTA, FakeMLClient
+
+AZURE = PROJECT_ROOT / "pipelines/config/azure.yaml"
+
+
+@pytest.fixture
+def settings():
+    return load_settings(AZURE)
+
+
+def test_quota_need_is_vcpus_times_nodes_per_family_and_the_endpoint_keeps_an_upgrade_reserve(settings):
+    rows, region = preflight.check_quota(FakeMLClient(), preflight.quota_needs(settings, load_compute()))
+    by_family = {row.family: row for row in rows}
+    assert region == "eastus2"
+    # compute.json: 1 x NC24ads_A100_v4 (24 vCPUs), 2 x D4s_v3 (4), endpoint 1 x NC6s_v3 (6): ceil(1.2 x 1) = 2
+    # instances per deployment, and blue and green side by side during a rollout.
+    assert by_family["standardNCADSA100v4Family"].need == 24
+    assert by_family["standardDSv3Family"].need == 8
+    assert by_family["standardNCSv3Family"].need == 2 * 2 * 6
+    assert by_family["total dedicated regional vCPUs"].need == 24 + 8 + 24
+    # The subscription-level entry (limit 48) is compared, not the per-workspace share (limit 0).
+    assert by_family["standardNCADSA100v4Family"].available == 48
+    assert all(row.ok for row in rows)
+
+
+def test_a_local_endpoint_needs_no_endpoint_quota(settings):
+    local = load_settings(AZURE, ["deploy_endpoint.target=local"])
+    needs = preflight.quota_needs(local, load_compute())
+    assert [need.vm_size for need in needs] == ["Standard_NC24ads_A100_v4", "Standard_D4s_v3"]
+
+
+@pytest.mark.parametrize(
+    ("gpu_quota", "status"),
+    [((0, 0), "zero quota in eastus2"), ((30, 12), "short by 6"), ((24, 0), "ok")],
+)
+def test_gpu_family_quota_is_judged_on_what_is_free(settings, gpu_quota, status):
+    client = FakeMLClient(quota=AMPLE_QUOTA | {"standardNCADSA100v4Family": gpu_quota})
+    report = preflight.run_preflight(settings, ml_client=client)
+    row = next(r for r in report.quota if r.family == "standardNCADSA100v4Family")
+    assert row.status == status
+    assert report.ok is (status == "ok")
+    if status != "ok":
+        assert report.errors == [
+            f"standardNCADSA100v4Family: {status} (need 24 vCPUs, {gpu_quota[0] - gpu_quota[1]} available of limit "
+            f"{gpu_quota[0]}); request more in Azure ML studio → Quota (or the Azure portal → Quotas → Machine "
+            "learning), or lower max_nodes / pick another size in infra/compute.json"
+        ]
+
+
+def test_the_regional_total_can_fail_on_its_own(settings):
+    report = preflight.run_preflight(
+        settings, ml_client=FakeMLClient(quota=AMPLE_QUOTA | {"TotalDedicatedCores": (40, 0)})
+    )
+    assert not report.ok
+    assert report.errors[0].startswith("total dedicated regional vCPUs: short by 16")
+
+
+def test_a_size_the_region_does_not_offer_fails_with_a_pointer_to_compute_json(settings, monkeypatch):
+    compute = load_compute()
+    compute["gpu_cluster"] = compute["gpu_cluster"] | {"vm_size": "Standard_ND96isr_H200_v5"}
+    monkeypatch.setattr(preflight, "load_compute", lambda: compute)
+    report = preflight.run_preflight(settings, ml_client=FakeMLClient())
+    assert not report.ok
+    assert (
+        "Standard_ND96isr_H200_v5 is not offered in eastus2: pick another size in infra/compute.json" in report.errors
+    )
+
+
+def test_dry_run_estimates_cost_without_any_client(settings):
+    report = preflight.run_preflight(settings, ml_client=None)
+    assert report.ok and report.quota == []
+    assert "not checked: dry run" in report.text
+    assert [line.item for line in report.cost] == [
+        "training tokens",
+        "GPU node time",
+        "CPU node time",
+        "pipeline run",
+        "endpoint, per hour",
+    ]
+
+
+def test_cost_is_tokens_over_throughput_times_price_plus_overheads(settings, tmp_path):
+    overrides = {
+        "prices": {"vm_hourly": {"Standard_NC24ads_A100_v4": 4.0, "Standard_D4s_v3": 0.2, "Standard_NC6s_v3": 3.0}},
+        "throughput": {"training_tokens_per_second": {"Standard_NC24ads_A100_v4": 1000}},
+        "overhead": {"gpu_step_minutes": 6, "cpu_step_minutes": 12},
+    }
+    path = tmp_path / "pricing.json"
+    path.write_text(json.dumps(overrides))
+    report = preflight.run_preflight(settings, options=SubmitOptions(tokens=7_200_000, pricing=path))
+    cost = {line.item: line.usd for line in report.cost}
+    idle = 120 / 3600  # compute.json: both clusters scale down after 120 s idle
+    gpu_hours = 7_200_000 / 1000 / 3600 + 2 * 6 / 60 + idle  # 2 h training + finetune and evaluate overhead
+    cpu_hours = 5 * 12 / 60 + idle
+    assert cost["GPU node time"] == pytest.approx(gpu_hours * 4.0)
+    assert cost["CPU node time"] == pytest.approx(cpu_hours * 0.2)
+    assert cost["pipeline run"] == pytest.approx(gpu_hours * 4.0 + cpu_hours * 0.2)
+    assert cost["endpoint, per hour"] == pytest.approx(3.0)
+    # Keys the override does not name keep their infra/pricing.json values.
+    assert report.pricing["hf_datasets"]["HuggingFaceH4/ultrachat_200k"]["rows"]["train_sft"] == 207865
+
+
+def test_tokens_for_the_hugging_face_preset_come_from_the_split_size(settings):
+    pricing = preflight.load_pricing()
+    estimate = preflight.estimate_tokens(settings, None, pricing)
+    # train_sft[:1%] of 207,865 rows = 2,079 rows x 1,450 tokens x 0.8 train share x 1 epoch.
+    assert estimate.processed == round(2079 * 1450 * 0.8)
+    assert "2,079 rows of HuggingFaceH4/ultrachat_200k" in estimate.basis and "(assumed)" in estimate.basis
+
+
+def test_tokens_for_local_data_are_characters_over_four_plus_template_tokens(settings, tmp_path):
+    chat = {"messages": [{"role": "user", "content": "x" * 40}, {"role": "assistant", "content": "y" * 80}]}
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text("\n".join(json.dumps(chat) for _ in range(10)) + "\nnot json\n")
+    estimate = preflight.estimate_tokens(settings, data, preflight.load_pricing())
+    per_chat = 120 // 4 + 2 * 5  # 120 content characters / 4, plus 5 template tokens per message
+    assert estimate.processed == round(10 * per_chat * 0.8)  # the unparsable line counts as a record, not as tokens
+    assert "11 local records" in estimate.basis and "approximation" in estimate.basis
+
+
+def test_tokens_per_chat_are_capped_at_max_seq_length(settings, tmp_path):
+    chat = {"messages": [{"role": "user", "content": "x" * 40_000}, {"role": "assistant", "content": "ok"}]}
+    (tmp_path / "a.jsonl").write_text(json.dumps(chat) + "\n")
+    capped = load_settings(AZURE, ["finetune.max_seq_length=512", "finetune.num_train_epochs=2"])
+    estimate = preflight.estimate_tokens(capped, tmp_path / "a.jsonl", preflight.load_pricing())
+    assert estimate.processed == round(512 * 0.8) * 2  # train tokens per epoch, then epochs
+
+
+def test_tokens_from_a_data_report_and_from_max_steps(settings, tmp_path):
+    report = tmp_path / "data_report.json"
+    two_epochs = load_settings(AZURE, ["finetune.num_train_epochs=2"])
+    # Compute is paid for every processed position, not only the loss (assistant) tokens.
+    tokens = {"counted_with": "m", "total": 1300, "trained_per_epoch": 400, "processed_per_epoch": 1000}
+    report.write_text(json.dumps({"tokens": tokens}))
+    assert preflight.estimate_tokens(two_epochs, None, {}, data_report=report).processed == 2000
+    report.write_text(json.dumps({"tokens": {"total": 9, "trained_per_epoch": 400}}))  # the older, shorter block
+    assert preflight.estimate_tokens(two_epochs, None, {}, data_report=report).processed == 800
+    steps = load_settings(AZURE, ["finetune.max_steps=10"])
+    # 10 steps x 2 rows x 8 accumulation x 2048 tokens (azure.yaml)
+    assert preflight.estimate_tokens(steps, None, preflight.load_pricing()).processed == 10 * 2 * 8 * 2048
+
+
+def test_a_data_report_without_counts_or_tokens_is_refused_with_a_way_out(settings, tmp_path):
+    report = tmp_path / "data_report.json"
+    untokenized = {"counted_with": None, "trained_per_epoch": None, "processed_per_epoch": None}
+    report.write_text(json.dumps({"tokens": untokenized}))
+    with pytest.raises(preflight.PreflightError, match="no token counts .* pass --tokens N"):
+        preflight.estimate_tokens(settings, None, {}, data_report=report)
+    report.write_text("{}")
+    with pytest.raises(preflight.PreflightError, match="expected a validate step's data_report.json"):
+        preflight.estimate_tokens(settings, None, {}, data_report=report)
+
+
+def test_an_unknown_dataset_or_size_asks_for_what_is_missing(settings):
+    unknown = load_settings(AZURE, ["prep_data.hf_dataset=someone/chats"])
+    report = preflight.run_preflight(unknown)
+    assert "not estimated: no size known for Hugging Face dataset someone/chats: pass --tokens N" in report.text
+    assert report.ok  # the estimate is advice; it never blocks on its own
+    pricing = preflight.load_pricing()
+    del pricing["prices"]["vm_hourly"]["Standard_NC24ads_A100_v4"]
+    estimate = preflight.TokenEstimate(1000, "given")
+    with pytest.raises(preflight.PreflightError, match="no hourly price for Standard_NC24ads_A100_v4"):
+        preflight.estimate_cost(settings, estimate, load_compute(), pricing)
+
+
+def test_every_price_and_rate_in_pricing_json_says_where_it_comes_from():
+    pricing = json.loads(preflight.PRICING_FILE.read_text())
+    assert "not measured" in pricing["_about"].lower() or "assumptions" in pricing["_about"].lower()
+    for section in ("prices", "throughput", "overhead", "tokens", "hf_datasets"):
+        assert pricing[section]["_source"], section
+    assert pricing["prices"]["retrieved"]
+    compute = load_compute()
+    sizes = {compute["gpu_cluster"]["vm_size"], compute["cpu_cluster"]["vm_size"]}
+    sizes.add(compute["online_endpoint"]["instance_type"])
+    assert sizes <= set(pricing["prices"]["vm_hourly"]), "every size in compute.json needs a price"
+    assert compute["gpu_cluster"]["vm_size"] in pricing["throughput"]["training_tokens_per_second"]
+
+
+def test_cli_dry_run_prints_the_table_offline(capsys, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    )
+    args = preflight.parse_args(["--dry-run", "--data", str(data)])
+    assert preflight.main(args) == 0
+    out = capsys.readouterr().out
+    assert "not checked: dry run" in out and "1 local records" in out
+
+
+def test_cli_fails_with_exit_3_on_zero_quota(capsys):
+    client = FakeMLClient(quota=AMPLE_QUOTA | {"standardNCSv3Family": (0, 0)})
+    assert preflight.main(preflight.parse_args([]), ml_client=client) == 3
+    assert "standardNCSv3Family: zero quota in eastus2" in capsys.readouterr().out
