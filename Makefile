@@ -14,7 +14,7 @@ RESOURCE_GROUP ?= rg-chatft-dev
 INFRA_PARAMS ?= infra/main.dev.bicepparam
 QUESTION ?= My internet keeps dropping every evening. What should I check first?
 
-.PHONY: help install run chat ask stop status validate test lint lint-infra infra infra-what-if format submit mlflow-ui clean lock
+.PHONY: help install run chat ask stop status teardown validate test lint lint-infra infra infra-what-if format submit preflight schedule unschedule retrain mlflow-ui clean lock
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -32,29 +32,44 @@ run: install ## Run the whole pipeline locally, then ask the deployed endpoint o
 	$(PY) -m pipelines.run --output-root $(OUTPUT_ROOT) $(ARGS)
 	$(PY) -m pipelines.endpoint ask "$(QUESTION)"
 
-chat: install ## Chat with the deployed endpoint in the terminal
-	$(PY) -m pipelines.endpoint chat
+# Endpoint targets take TARGET=azure for the Azure ML endpoint (URL and key: CHATFT_ENDPOINT_URL/_KEY or the workspace).
+TARGET ?= local
+ENDPOINT := $(PY) -m pipelines.endpoint --target $(TARGET)
 
-ask: install ## Ask the deployed endpoint one question: make ask QUESTION="..."
-	$(PY) -m pipelines.endpoint ask "$(QUESTION)"
+chat: install ## Chat with the deployed endpoint in the terminal (TARGET=azure: the Azure ML one)
+	$(ENDPOINT) chat
 
-stop: install ## Stop the local endpoint server
-	$(PY) -m pipelines.endpoint stop
+ask: install ## Ask the deployed endpoint one question: make ask QUESTION="..." [TARGET=azure]
+	$(ENDPOINT) ask "$(QUESTION)"
 
-status: install ## Show the local endpoint's state
-	$(PY) -m pipelines.endpoint status
+stop: install ## Stop the local endpoint (its router and both slots)
+	$(ENDPOINT) stop
 
-validate: install ## Check chat JSONL before a run: make validate DATA=path/to/file-or-folder
-	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/file-or-folder"; exit 2; }
-	MLFLOW_TRACKING_URI=sqlite:///$(CHATFT_HOME)/mlflow.db $(PY) components/validate_chat_jsonl/validate_chat_jsonl.py --input_data "$(DATA)" \
-		--valid_data $(OUTPUT_ROOT)/validate/valid --rejected_data $(OUTPUT_ROOT)/validate/rejected \
-		--data_report $(OUTPUT_ROOT)/validate/report
+status: install ## Show the endpoint: URL, deployments, traffic, health [TARGET=azure]
+	$(ENDPOINT) status
+
+teardown: install ## Delete the endpoint and its deployments; DELETE_MODEL=1 also the registered model [TARGET=azure]
+	$(ENDPOINT) teardown $(if $(DELETE_MODEL),--delete-model)
+
+validate: install ## Check chat JSONL before a run: make validate DATA=file-or-folder [MODEL=model-folder MAX_SEQ_LENGTH=n]
+	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/file-or-folder [MODEL=model-folder MAX_SEQ_LENGTH=n]"; exit 2; }
+	@mkdir -p $(CHATFT_HOME)
+	# Run from CHATFT_HOME: the experiment's artifacts then go under it (mlruns/), not into the working directory.
+	cd $(CHATFT_HOME) && MLFLOW_TRACKING_URI=sqlite:///$(CHATFT_HOME)/mlflow.db MLFLOW_EXPERIMENT_NAME=validate-chat-jsonl \
+		$(abspath $(PY)) $(abspath components/validate_chat_jsonl/validate_chat_jsonl.py) --input_data "$(abspath $(DATA))" \
+		$(if $(MODEL),--base_model "$(abspath $(MODEL))") $(if $(MAX_SEQ_LENGTH),--max_seq_length $(MAX_SEQ_LENGTH)) \
+		--valid_data $(CHATFT_HOME)/validate/valid --rejected_data $(CHATFT_HOME)/validate/rejected \
+		--data_report $(CHATFT_HOME)/validate/report
 
 test: install lint-infra ## Run the test suite (offline, CPU only; includes the Bicep checks)
 	CHATFT_REQUIRE_IAC=1 $(PY) -m pytest $(ARGS)
 
 lint-infra: ## Parse the Bicep templates and run checkov (creates .venv-iac on first use)
 	bash infra/check.sh
+
+.PHONY: bench-endpoint
+bench-endpoint: install ## Load-test a local endpoint: latency, throughput, overhead (ARGS="--requests 20" is quick)
+	$(PY) bench/bench_endpoint.py $(ARGS)
 
 infra-what-if: ## Preview the Azure deployment (needs the Azure CLI and az login)
 	az deployment group what-if --resource-group $(RESOURCE_GROUP) --template-file infra/main.bicep --parameters $(INFRA_PARAMS)
@@ -70,8 +85,23 @@ format: install ## Format with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-submit: install ## Submit the pipeline to Azure ML (DRY_RUN=1: write the resolved YAML only)
-	$(PY) -m pipelines.run --backend azure --output-root $(OUTPUT_ROOT) $(if $(DRY_RUN),--dry-run) $(ARGS)
+# Azure targets take DRY_RUN=1 (no network), DATA=path (local chat JSONL instead of the preset's dataset), ARGS=...
+AZURE_FLAGS = $(if $(DRY_RUN),--dry-run) $(if $(DATA),--data "$(DATA)")
+
+submit: install ## Preflight, register what changed, submit to Azure ML and stream (DRY_RUN=1: YAML + plan only)
+	$(PY) -m pipelines.run --backend azure --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
+
+preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline)
+	$(PY) -m pipelines.preflight $(AZURE_FLAGS) $(ARGS)
+
+schedule: install ## Create/update the Azure ML schedule of pipelines/config/azure.yaml (DRY_RUN=1: YAML only)
+	$(PY) -m pipelines.schedule create --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
+
+unschedule: install ## Disable and delete that schedule
+	$(PY) -m pipelines.schedule delete $(ARGS)
+
+retrain: install ## Submit only if DATA's fingerprint is new: make retrain DATA=data/ (FORCE=1 to always submit)
+	$(PY) -m pipelines.retrain --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(if $(FORCE),--force) $(ARGS)
 
 mlflow-ui: install ## Browse runs and registered models (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
