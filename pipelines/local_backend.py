@@ -191,11 +191,10 @@ class LocalBackend:
 
     # ---- public -------------------------------------------------------------------------------------
     def run(self, job, experiment_name: str) -> PipelineResult:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         started = time.perf_counter()
-        mlflow.set_tracking_uri(self.tracking_uri)
+        # A client bound to the store, not mlflow.set_tracking_uri: the caller's process-wide MLflow setting is theirs.
         client = MlflowClient(self.tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)
         experiment_id = (
