@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from chatft.local_server import pid_running
+from tests.helpers.components import snapshot_component
 from tests.helpers.fake_azure import FakeMLClient, http_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -288,19 +289,6 @@ def test_main_reports_a_missing_model_info(deploy, tmp_path):
 
 
 # ---- target=local: real registry, real servers, the real router -------------------------------------------------
-
-
-def snapshot_component(folder: Path, dest: Path) -> Path:
-    """Copy a component folder plus its additional_includes, as Azure ML and the local backend do."""
-    spec = yaml.safe_load((folder / "component.yml").read_text(encoding="utf-8"))
-    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("__pycache__"))
-    for include in spec.get("additional_includes", []):
-        source = (folder / include).resolve()
-        if source.is_dir():
-            shutil.copytree(source, dest / source.name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, dest / source.name)
-    return dest
 
 
 def free_port() -> int:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.helpers.chat_data import make_conversations, write_jsonl
+from tests.helpers.components import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,17 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("mlflow_env")
 
 
-def _load_module(name: str, path: Path):
-    """Import a script that is not in a package (components are folders, not packages)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate = _load_module("component_evaluate", REPO / "components" / "evaluate" / "evaluate.py")
-finetune = _load_module("component_finetune_for_evaluate", REPO / "components" / "finetune" / "finetune.py")
+evaluate = load_script("component_evaluate", REPO / "components" / "evaluate" / "evaluate.py")
+finetune = load_script("component_finetune_for_evaluate", REPO / "components" / "finetune" / "finetune.py")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.helpers.chat_data import make_conversations, write_jsonl
+from tests.helpers.components import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENT_DIR = REPO / "components" / "finetune"
@@ -24,16 +25,7 @@ PHI3_TARGETS = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
 pytestmark = pytest.mark.usefixtures("mlflow_env")
 
 
-def _load_module(name: str, path: Path):
-    """Import a script that is not in a package (components are folders, not packages)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-finetune = _load_module("component_finetune", COMPONENT_DIR / "finetune.py")
+finetune = load_script("component_finetune", COMPONENT_DIR / "finetune.py")
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers.components import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENT_DIR = REPO / "components" / "prep_data"
@@ -20,16 +20,7 @@ COMPONENT_DIR = REPO / "components" / "prep_data"
 pytestmark = pytest.mark.usefixtures("mlflow_env")
 
 
-def _load_module(name: str, path: Path):
-    """Import a script that is not in a package (components are folders, not packages)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-prep_data = _load_module("component_prep_data", COMPONENT_DIR / "prep_data.py")
+prep_data = load_script("component_prep_data", COMPONENT_DIR / "prep_data.py")
 
 
 def record(i: int) -> bytes:
@@ -171,7 +162,7 @@ def test_identical_lines_stay_in_one_split(tmp_path):
 
 
 def test_prep_then_validate_finds_no_leakage_on_the_sample_data(tmp_path):
-    validate = _load_module(
+    validate = load_script(
         "component_validate_chat_jsonl", REPO / "components" / "validate_chat_jsonl" / "validate_chat_jsonl.py"
     )
     exit_code, train, validation, _ = run_prep(tmp_path / "prep", "--raw_data", str(REPO / "data" / "sample"))

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.helpers.components import snapshot_component
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENT = REPO / "components" / "register_model"
@@ -38,19 +39,6 @@ TRAIN_METRICS = {
     "train_seconds": 208.2,
 }
 FINETUNE_PARAMS = {"method": "lora", "learning_rate": "0.001", "lora_r": "16", "merged_model": "/mnt/out/merged"}
-
-
-def snapshot_component(folder: Path, dest: Path) -> Path:
-    """Copy a component folder plus its additional_includes, as Azure ML and the local backend do."""
-    spec = yaml.safe_load((folder / "component.yml").read_text(encoding="utf-8"))
-    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("__pycache__"))
-    for include in spec.get("additional_includes", []):
-        source = (folder / include).resolve()
-        if source.is_dir():
-            shutil.copytree(source, dest / source.name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, dest / source.name)
-    return dest
 
 
 @contextmanager

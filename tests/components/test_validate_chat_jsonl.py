@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import random
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from tests.helpers.chat_data import make_conversations, write_jsonl
+from tests.helpers.components import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENT_DIR = REPO / "components" / "validate_chat_jsonl"
@@ -28,16 +28,7 @@ SCRIPT = COMPONENT_DIR / "validate_chat_jsonl.py"
 pytestmark = pytest.mark.usefixtures("mlflow_env")
 
 
-def _load_module(name: str, path: Path):
-    """Import a script that is not in a package (components are folders, not packages)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-validate_chat_jsonl = _load_module("component_validate_chat_jsonl", SCRIPT)
+validate_chat_jsonl = load_script("component_validate_chat_jsonl", SCRIPT)
 
 SYSTEM = {"role": "system", "content": "You are the Contoso Fiber support assistant."}
 
@@ -689,7 +680,7 @@ def test_standalone_cli_exit_codes_and_no_tracebacks(tmp_path):
 
 
 def test_sample_data_is_what_the_generator_writes():
-    generator = _load_module("data_make_sample_data", REPO / "data" / "make_sample_data.py")
+    generator = load_script("data_make_sample_data", REPO / "data" / "make_sample_data.py")
     args = generator.parse_args([])
     expected = "".join(
         json.dumps(c, ensure_ascii=False) + "\n" for c in generator.make_conversations(args.count, args.seed)
