@@ -10,7 +10,7 @@ import pytest
 from pipelines import azure_backend, retrain
 from pipelines.local_backend import LocalBackend
 from tests.helpers.chat_data import make_conversations, write_jsonl
-from tests.helpers.fake_azure import FakeMLClient
+from tests.helpers.fake_azure import FakeMLClient, http_error
 
 
 def run(args: list[str], client=None, tmp_path: Path | None = None) -> int:
@@ -56,6 +56,34 @@ def test_force_submits_unchanged_data_without_registering_it_again(chats, tmp_pa
     assert run(["--data", str(chats), "--force", "--no-stream"], client, tmp_path) == 0
     assert not [c for c in client.creations() if c.startswith("data.")]
     assert "jobs.create_or_update" in client.sequence()
+
+
+def _loses_the_race(client: FakeMLClient, fingerprint: str) -> None:
+    """Another run registers the version between our lookup and our create; the service then refuses ours."""
+    def create_after_another_run(asset, version=None, **kwargs):
+        client.data.add(asset.name, asset.version, tags={azure_backend.FINGERPRINT_TAG: fingerprint})
+        client.record("data.create_or_update", f"{asset.name}:{asset.version}")
+        raise http_error(409, f"Conflict: version {asset.version} of {asset.name} already exists")
+
+    client.data.create_or_update = create_after_another_run
+
+
+def test_a_version_registered_meanwhile_with_the_same_data_is_tolerated(chats, tmp_path, capsys):
+    fingerprint, _ = azure_backend.data_fingerprint(chats)
+    client = FakeMLClient()
+    _loses_the_race(client, fingerprint)
+    assert run(["--data", str(chats), "--no-stream"], client, tmp_path) == 0
+    assert client.sequence()[-1] == "jobs.create_or_update", "the pipeline is still submitted"
+    assert "registered meanwhile by another run" in capsys.readouterr().out
+
+
+def test_a_version_taken_by_other_data_is_a_clear_error(chats, tmp_path, capsys):
+    client = FakeMLClient()
+    _loses_the_race(client, "f" * 64)
+    assert run(["--data", str(chats), "--no-stream"], client, tmp_path) == azure_backend.EXIT_INVALID
+    assert "jobs.create_or_update" not in client.sequence()
+    err = capsys.readouterr().err
+    assert "already exists with data fingerprint ffff" in err and "data_asset_name" in err
 
 
 def test_dry_run_prints_the_decision_input_offline(chats, capsys):
