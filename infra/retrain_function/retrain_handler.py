@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
@@ -94,10 +95,8 @@ class BlobLock:
     def __enter__(self) -> BlobLock:
         from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
-        try:
-            self.blob.upload_blob(b"", overwrite=False)  # the lock blob exists once; later calls get 409
-        except ResourceExistsError:
-            pass
+        with contextlib.suppress(ResourceExistsError):  # the lock blob is created once; later calls get 409
+            self.blob.upload_blob(b"", overwrite=False)
         deadline = self.clock() + self.wait_seconds
         while True:
             try:

@@ -60,6 +60,7 @@ def test_force_submits_unchanged_data_without_registering_it_again(chats, tmp_pa
 
 def _loses_the_race(client: FakeMLClient, fingerprint: str) -> None:
     """Another run registers the version between our lookup and our create; the service then refuses ours."""
+
     def create_after_another_run(asset, version=None, **kwargs):
         client.data.add(asset.name, asset.version, tags={azure_backend.FINGERPRINT_TAG: fingerprint})
         client.record("data.create_or_update", f"{asset.name}:{asset.version}")
