@@ -14,7 +14,7 @@ RESOURCE_GROUP ?= rg-chatft-dev
 INFRA_PARAMS ?= infra/main.dev.bicepparam
 QUESTION ?= My internet keeps dropping every evening. What should I check first?
 
-.PHONY: help install run chat ask stop status teardown validate test lint lint-infra infra infra-what-if format submit preflight schedule unschedule retrain mlflow-ui clean lock
+.PHONY: help install run chat ask stop status teardown validate test lint lint-infra infra infra-what-if format submit preflight schedule unschedule retrain follow mlflow-ui clean lock
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ AZURE_FLAGS = $(if $(DRY_RUN),--dry-run) $(if $(DATA),--data "$(DATA)")
 
 submit: install ## Preflight, register what changed, submit to Azure ML and stream (DRY_RUN=1: YAML + plan only)
 	$(PY) -m pipelines.run --backend azure --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
+
+follow: install ## Follow the last submitted Azure run (or JOB=name) to its end; exit 1 unless it completed
+	$(PY) -m pipelines.follow --output-root $(OUTPUT_ROOT) $(if $(JOB),--job $(JOB)) $(ARGS)
 
 preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline)
 	$(PY) -m pipelines.preflight $(AZURE_FLAGS) $(ARGS)

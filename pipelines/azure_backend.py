@@ -2,7 +2,8 @@
 
 The workspace comes from ``.azureml/config.json`` (as written by the Studio's "download config") or
 from the environment variables AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZUREML_WORKSPACE_NAME;
-credentials from ``DefaultAzureCredential`` (az login, a managed identity, or GitHub OIDC).
+credentials from ``DefaultAzureCredential`` (az login, a managed identity), or in GitHub Actions from the job's OIDC
+tokens (``pipelines/github_oidc.py``).
 
 A submission, in order (``plan_submission`` is offline; ``ensure_assets`` talks to the workspace):
   1. plan: fingerprint local training data, build and validate the pipeline, work out every asset and version;
@@ -43,7 +44,6 @@ from pipelines.settings import (
 
 AZURE_PRESET = "pipelines/config/azure.yaml"
 WORKSPACE_ENV = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME")
-FAILED_STATES = {"Failed", "Canceled", "NotResponding"}
 ENVIRONMENTS_DIR = PROJECT_ROOT / "environments"
 PREP_DATA_SCRIPT = PROJECT_ROOT / "components" / "prep_data" / "prep_data.py"
 # Tags written on what this module registers: how a later run recognises the same content.
@@ -125,7 +125,11 @@ def workspace_client(project_root: Path = PROJECT_ROOT):
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
-    credential = DefaultAzureCredential()
+    from pipelines import github_oidc
+
+    # In GitHub Actions, a credential that fetches a new OIDC token for each Entra token: a run followed for
+    # hours outlives any single login (Azure/login#180).
+    credential = github_oidc.credential_from_env() or DefaultAzureCredential()
     config = project_root / ".azureml" / "config.json"
     if config.is_file():
         return MLClient.from_config(credential=credential, path=str(config))
@@ -569,11 +573,11 @@ def submit(
     ml_client = ready_workspace(plan, options, ml_client, "submit", "nothing was created or submitted.")
     if isinstance(ml_client, int):
         return ml_client
+    from pipelines.follow import follow_job, record_submission
+
     submitted = ml_client.jobs.create_or_update(plan.job, experiment_name=plan.settings.experiment_name)
+    record_submission(output_root, submitted, plan.settings.experiment_name)  # for make follow / a CI step
     print(f"Submitted {submitted.name}: {submitted.studio_url}", flush=True)
     if not options.stream:
         return 0
-    ml_client.jobs.stream(submitted.name)  # prints step status until the pipeline ends
-    final = ml_client.jobs.get(submitted.name)
-    print(f"Pipeline {submitted.name} ended: {final.status}")
-    return 1 if final.status in FAILED_STATES else 0
+    return follow_job(ml_client, submitted.name)
