@@ -115,6 +115,49 @@ def test_azure_objects_load_back_with_the_sdk_schemas(deploy, tmp_path):
     assert reloaded.environment_variables["WORKER_COUNT"]
 
 
+def test_azure_deployment_probes_wait_out_the_model_load_and_load_back_with_the_sdk(deploy, compute, tmp_path):
+    """Issue 10, defect 7: the deployment set no probes, though the merged Phi-3 weights take minutes to load."""
+    from azure.ai.ml import load_online_deployment
+
+    client = FakeMLClient()
+    deploy.deploy_azure(client, MODEL_INFO, "chat-ft", compute["instance_type"], 1)
+    payload = client.payloads("online_deployments.begin_create_or_update")[0]
+    payload.pop("_uploaded_files")
+    payload["code_configuration"]["code"] = str(tmp_path)
+    (tmp_path / "deployment.yml").write_text(yaml.safe_dump(json.loads(json.dumps(payload))))
+    reloaded = load_online_deployment(tmp_path / "deployment.yml")
+
+    probes = json.loads((COMPONENT / "serving.json").read_text())["probes"]
+    worst = probes["model_load_worst_case_s"]
+    for name in ("readiness", "liveness"):
+        probe = getattr(reloaded, f"{name}_probe")
+        assert {key: getattr(probe, key) for key in probes[name]} == probes[name], name
+    # Neither probe gives up on a model that is still loading, and both take longer than the SDK's defaults.
+    assert reloaded.liveness_probe.initial_delay >= worst
+    readiness = reloaded.readiness_probe
+    assert readiness.initial_delay + readiness.failure_threshold * readiness.period >= worst
+    assert worst >= 120, "loading 7.6 GB of merged weights takes minutes"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"liveness": {"initial_delay": 60}}, "a loading model would be restarted"),
+        ({"readiness": {"failure_threshold": 3}}, "readiness gives up before model_load_worst_case_s"),
+        ({"readiness": {"timeout": 30}}, "readiness.timeout must be shorter than its period"),
+        ({"liveness": {"success_threshold": 2}}, "must be 1"),
+        ({"liveness": {"period": "30"}}, "liveness.period must be a whole number >= 1"),
+    ],
+)
+def test_probe_settings_that_would_kill_a_loading_model_are_refused(deploy, tmp_path, change, message):
+    raw = json.loads((COMPONENT / "serving.json").read_text())
+    for probe, values in change.items():
+        raw["probes"][probe].update(values)
+    (tmp_path / "serving.json").write_text(json.dumps(raw))
+    with pytest.raises(deploy.DeployError, match=message):
+        deploy.probe_settings(tmp_path / "serving.json")
+
+
 def test_azure_smoke_requests_pass_the_scoring_contract(deploy):
     score = _load(COMPONENT / "score.py", "score_for_deploy_test")
     client = FakeMLClient()
