@@ -123,7 +123,10 @@ class BlobLock:
         self._stop.set()
         if self._renewer:
             self._renewer.join()
-        self.lease.release()
+        try:
+            self.lease.release()
+        except Exception:  # logged, not raised: the decision is made; an unreleased lease expires in LEASE_SECONDS
+            log.exception("Could not release the retraining lock's lease; it expires within %d s", LEASE_SECONDS)
 
 
 def parse_event(body: bytes | str) -> dict:
