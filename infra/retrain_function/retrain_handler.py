@@ -31,7 +31,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.azure_backend import SubmitOptions
+from pipelines.azure.cli import SubmitOptions
 from pipelines.retrain import retrain
 from pipelines.settings import PROJECT_ROOT, load_settings
 

@@ -282,7 +282,7 @@ def test_azure_failed_smoke_test_deletes_the_new_slot_and_keeps_traffic(deploy, 
 def test_azure_serving_settings_reach_the_deployment(deploy, tmp_path):
     serving = json.loads((COMPONENT / "serving.json").read_text())
     serve_local = _load(COMPONENT / "serve_local.py", "serve_local_for_deploy_test")
-    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC8as_T4_v3", 1, tmp_path)
     limits = deployment.request_settings
     assert limits.max_concurrent_requests_per_instance == serving["max_concurrent_requests_per_instance"]
     assert limits.request_timeout_ms == serving["request_timeout_ms"]
@@ -297,7 +297,7 @@ def test_a_bad_serving_json_stops_the_deployment(deploy, tmp_path, monkeypatch):
     (tmp_path / "serving.json").write_text('{"worker_count": 1}')
     monkeypatch.setattr(deploy, "HERE", tmp_path)
     with pytest.raises(deploy.DeployError, match=r"serving.json: unknown key\(s\) -, missing key\(s\)"):
-        deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+        deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC8as_T4_v3", 1, tmp_path)
 
 
 def test_azure_client_needs_the_job_environment(deploy, monkeypatch):

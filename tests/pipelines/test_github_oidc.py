@@ -152,7 +152,7 @@ def test_a_refused_token_request_says_what_to_check(github):
 def test_the_workspace_client_signs_in_this_way_in_github_actions(github, monkeypatch, tmp_path):
     from azure.identity import ClientAssertionCredential
 
-    from pipelines import azure_backend
+    from pipelines.azure import client as azure_client
 
     env, _ = github
     for name, value in (
@@ -160,7 +160,7 @@ def test_the_workspace_client_signs_in_this_way_in_github_actions(github, monkey
         | {"AZURE_SUBSCRIPTION_ID": "0000", "AZURE_RESOURCE_GROUP": "rg", "AZUREML_WORKSPACE_NAME": "ws"}.items()
     ):
         monkeypatch.setenv(name, value)
-    client = azure_backend.workspace_client(
+    client = azure_client.workspace_client(
         project_root=github_oidc.__file__ and __import__("pathlib").Path("/nonexistent")
     )
     assert isinstance(client._credential, ClientAssertionCredential)
