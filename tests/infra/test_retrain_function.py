@@ -1,6 +1,6 @@
 """The retraining function (infra/retrain_function/), offline: its queue binding, its handler against a fake blob
-container, a real BlobClient lock over a fake Blob transport and the recording fake MLClient, its pins, and the
-package that ships it with the project code.
+container, a real BlobClient lock over a fake Blob transport and a real MLClient over the simulation of the Azure ML
+REST API (tests/helpers/azure_transport.py), its pins, and the package that ships it with the project code.
 
 The races it must survive (issue 10, defect 6): Event Grid used to call the function and wait ~30 s for it, then
 redeliver, while the function submitted synchronously (minutes), with up to 40 instances. Now Event Grid only
@@ -24,11 +24,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines import azure_backend
+from pipelines.azure import plan as azure_plan
 from pipelines.settings import load_settings
+from tests.helpers.azure_transport import AzureRestSimulation, fixture
 from tests.helpers.blob_lease_transport import BlobLeaseTransport
 from tests.helpers.chat_data import make_conversations
-from tests.helpers.fake_azure import AMPLE_QUOTA, FakeMLClient
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION = ROOT / "infra" / "retrain_function"
@@ -89,6 +89,15 @@ def message(body: dict) -> bytes:
     return json.dumps(body).encode()
 
 
+def uploaded_data(sim) -> list[str]:
+    """The files the SDK uploaded for the data asset (the handler's download folder is named data/)."""
+    return sorted(name.split("/data/", 1)[1] for name in sim.blobs if "/LocalUpload/" in name and "/data/" in name)
+
+
+def runs(sim) -> int:
+    return len(sim.sent("PUT", r"^\{ws\}/jobs/"))
+
+
 def lock_for(handler, transport: BlobLeaseTransport, sleep=time.sleep):
     from azure.storage.blob import BlobClient
 
@@ -139,52 +148,46 @@ def test_messages_are_read_as_event_grid_writes_them(handler, encode):
         ("Microsoft.Storage.BlobCreated", "/blobServices/default/containers/other/blobs/x.jsonl"),
     ],
 )
-def test_other_events_are_ignored_without_touching_storage_or_the_workspace(handler, event_type, subject):
-    container, client, transport = FakeContainer({"a.jsonl": jsonl(3)}), FakeMLClient(), BlobLeaseTransport()
+def test_other_events_are_ignored_without_touching_storage_or_the_workspace(handler, azure_sim, event_type, subject):
+    container, transport = FakeContainer({"a.jsonl": jsonl(3)}), BlobLeaseTransport()
     body = message(event(subject, event_type))
-    assert handler.handle_message(body, client=container, lock=lock_for(handler, transport), ml_client=client) == 0
-    assert container.downloads == [] and client.calls == [] and transport.requests == []
-
-
-def test_new_blob_registers_the_containers_data_and_submits_once(handler):
-    blobs = {"a.jsonl": jsonl(10), "2026/11/b.jsonl": jsonl(4, seed=3), "README.txt": b"not data"}
-    container, client, transport = FakeContainer(blobs), FakeMLClient(), BlobLeaseTransport()
     lock = lock_for(handler, transport)
-    assert handler.handle_message(message(event()), client=container, lock=lock, ml_client=client) == 0
+    assert handler.handle_message(body, client=container, lock=lock, ml_client=azure_sim.client()) == 0
+    assert container.downloads == [] and azure_sim.requests == [] and transport.requests == []
+
+
+def test_new_blob_registers_the_containers_data_and_submits_once(handler, azure_sim):
+    blobs = {"a.jsonl": jsonl(10), "2026/11/b.jsonl": jsonl(4, seed=3), "README.txt": b"not data"}
+    container, transport = FakeContainer(blobs), BlobLeaseTransport()
+    lock = lock_for(handler, transport)
+    assert handler.handle_message(message(event()), client=container, lock=lock, ml_client=azure_sim.client()) == 0
     assert sorted(container.downloads) == ["2026/11/b.jsonl", "a.jsonl"]
-    (uploaded,) = client.uploads.values()
-    assert uploaded == ["2026/11/b.jsonl", "a.jsonl"]
-    assert client.sequence()[-1] == "jobs.create_or_update", "submitted without streaming: the function returns"
-    (job,) = client.submitted
-    assert job.inputs.raw_data.path.startswith("azureml:chatft-chat-data:")
+    assert uploaded_data(azure_sim) == ["2026/11/b.jsonl", "a.jsonl"]
+    (job,) = azure_sim.sent("PUT", r"/jobs/")
+    assert azure_sim.requests[-1] is job, "submitted without following the run: the function returns"
+    assert "/data/chatft-chat-data/versions/" in job.body["properties"]["inputs"]["raw_data"]["uri"]
     # Decided under the lease, and the lease was given back.
     assert [action for _, _, action in transport.requests] == [None, "acquire", "release"]
     assert transport.leases == {}
 
 
-def test_a_redelivered_event_during_the_first_submission_gives_exactly_one_run(handler):
+def test_a_redelivered_event_during_the_first_submission_gives_exactly_one_run(handler, azure_sim):
     """The race of the old design: the second delivery arrives while the first is still submitting. The second
-    worker waits for the lock, then finds the fingerprint registered and does nothing."""
-    container, client, transport = FakeContainer({"a.jsonl": jsonl(8)}), FakeMLClient(), BlobLeaseTransport()
-    second_arrived = threading.Event()
+    worker waits for the lock, then finds the fingerprint registered and does nothing. Each worker has its own
+    MLClient, as two function instances would; the workspace (the simulation) is shared."""
+    container, transport = FakeContainer({"a.jsonl": jsonl(8)}), BlobLeaseTransport()
+    second_arrived, first_submitting = threading.Event(), threading.Event()
+    answer = azure_sim._answer  # the simulation's entry point, wrapped to hold the first submission mid-way
 
-    def first_worker_pauses(get):  # the first submission stops mid-way until the redelivery has come in
-        def paused(*args, **kwargs):
-            if threading.current_thread().name == "first":
-                second_arrived.wait(timeout=10)
-            return get(*args, **kwargs)
+    def answer_pausing_the_first(prepared):
+        if threading.current_thread().name == "first" and "/environments/" in prepared.url:
+            first_submitting.set()
+            second_arrived.wait(timeout=10)
+        if threading.current_thread().name == "second" and "/data/" in prepared.url:
+            second_arrived.set()  # (the old code: the second worker asks for the version while the first submits)
+        return answer(prepared)
 
-        return paused
-
-    client.environments.get = first_worker_pauses(client.environments.get)
-    data_get = client.data.get
-
-    def data_get_noting_the_second(*args, **kwargs):
-        if threading.current_thread().name == "second":
-            second_arrived.set()
-        return data_get(*args, **kwargs)
-
-    client.data.get = data_get_noting_the_second
+    azure_sim._answer = answer_pausing_the_first
 
     def waiting_for_the_lock(seconds):  # the second worker's sleep between lease attempts
         second_arrived.set()
@@ -195,34 +198,32 @@ def test_a_redelivered_event_during_the_first_submission_gives_exactly_one_run(h
     def deliver(name: str, sleep) -> None:
         try:
             lock = lock_for(handler, transport, sleep=sleep)
-            results[name] = handler.handle_message(message(event()), client=container, lock=lock, ml_client=client)
+            body = message(event())
+            results[name] = handler.handle_message(body, client=container, lock=lock, ml_client=azure_sim.client())
         except Exception as err:  # reported below; a thread's exception would otherwise vanish
             results[name] = err
 
     first = threading.Thread(target=deliver, args=("first", time.sleep), name="first")
     first.start()
-    while not any(name == "environments.get" for name, _ in client.calls):  # the first is submitting now
-        time.sleep(0.01)
+    assert first_submitting.wait(timeout=60), "the first worker never reached its submission"
     second = threading.Thread(target=deliver, args=("second", waiting_for_the_lock), name="second")
     second.start()
-    first.join(timeout=60)
-    second.join(timeout=60)
+    first.join(timeout=120)
+    second.join(timeout=120)
 
     assert results == {"first": 0, "second": 0}
-    assert len(client.submitted) == 1, "the redelivery must not start a second run"
-    assert [c for c in client.creations() if c.startswith("data.")] == [
-        f"data.create_or_update(chatft-chat-data:{client.submitted[0].inputs.raw_data.path.rsplit(':', 1)[1]})"
-    ]
+    assert runs(azure_sim) == 1, "the redelivery must not start a second run"
+    assert len(azure_sim.sent("PUT", r"^\{ws\}/data/")) == 1
     assert ("PUT", "/retrain-lock/retrain.lock", "acquire") in transport.requests[2:], "the second waited its turn"
     assert transport.leases == {}
 
 
-def test_a_five_file_upload_gives_exactly_one_run_on_all_five_files(handler, monkeypatch):
+def test_a_five_file_upload_gives_exactly_one_run_on_all_five_files(handler, azure_sim, monkeypatch):
     """Five files land 10 s apart, each with its event; the first message waits for the upload to go quiet,
     then trains on all five. The other four messages find that fingerprint registered."""
     monkeypatch.setenv("CHATFT_QUIET_SECONDS", "60")
     upload = [(f"batch/part-{i}.jsonl", jsonl(4, seed=10 + i), T0 + timedelta(seconds=10 * i)) for i in range(5)]
-    container, client, transport = FakeContainer(), FakeMLClient(), BlobLeaseTransport()
+    container, transport, client = FakeContainer(), BlobLeaseTransport(), azure_sim.client()
     clock = {"now": T0}
     slept: list[float] = []
 
@@ -246,17 +247,17 @@ def test_a_five_file_upload_gives_exactly_one_run_on_all_five_files(handler, mon
             == 0
         )
 
-    assert len(client.submitted) == 1
-    (uploaded,) = client.uploads.values()
-    assert uploaded == [f"batch/part-{i}.jsonl" for i in range(5)], "the one run trains on every file"
+    assert runs(azure_sim) == 1
+    assert uploaded_data(azure_sim) == [f"batch/part-{i}.jsonl" for i in range(5)], "the one run trains on every file"
     # Quiet 60 s after the last file (t=40 s): the first worker waited 60 s, then 40 s more; the others not at all.
     assert slept == [60.0, 40.0]
-    assert client.sequence().count("data.get") == 1 + 1 + 4, "retrain's decision and ensure_data_asset, then 4 x"
+    data_reads = [r.status for r in azure_sim.sent("GET", r"/data/chatft-chat-data/versions/")]
+    assert data_reads == [404, 404, 200, 200, 200, 200], "retrain's decision and ensure_data_asset, then 4 x found"
 
 
-def test_an_upload_that_never_goes_quiet_is_retried_later(handler, monkeypatch):
+def test_an_upload_that_never_goes_quiet_is_retried_later(handler, azure_sim, monkeypatch):
     monkeypatch.setenv("CHATFT_QUIET_SECONDS", "60")
-    container, client = FakeContainer(), FakeMLClient()
+    container, client = FakeContainer(), azure_sim.client()
     clock = {"now": T0}
 
     def sleep(seconds):  # a file lands every 30 s, for ever
@@ -269,10 +270,10 @@ def test_an_upload_that_never_goes_quiet_is_retried_later(handler, monkeypatch):
         handler.handle_message(
             message(event()), client=container, lock=lock, ml_client=client, sleep=sleep, now=lambda: clock["now"]
         )
-    assert client.calls == []
+    assert azure_sim.requests == []
 
 
-def test_a_lock_held_too_long_fails_the_message_so_the_queue_retries_it(handler):
+def test_a_lock_held_too_long_fails_the_message_so_the_queue_retries_it(handler, azure_sim):
     transport = BlobLeaseTransport()
     holder = lock_for(handler, transport).__enter__()
     ticks = iter(range(0, 10_000, 5))
@@ -280,20 +281,27 @@ def test_a_lock_held_too_long_fails_the_message_so_the_queue_retries_it(handler)
 
     blob = BlobClient("https://stfntest.blob.core.windows.net", "retrain-lock", "retrain.lock", transport=transport)
     waiting = handler.BlobLock(blob, wait_seconds=30, sleep=lambda s: None, clock=lambda: next(ticks))
-    container, client = FakeContainer({"a.jsonl": jsonl(3)}), FakeMLClient()
+    container = FakeContainer({"a.jsonl": jsonl(3)})
     with pytest.raises(handler.LockBusy, match="held for over 30 s"):
-        handler.handle_message(message(event()), client=container, lock=waiting, ml_client=client)
-    assert client.calls == [] and container.downloads == []
+        handler.handle_message(message(event()), client=container, lock=waiting, ml_client=azure_sim.client())
+    assert azure_sim.requests == [] and container.downloads == []
     holder.__exit__(None, None, None)
     assert transport.leases == {}
 
 
-def test_a_failed_retrain_raises_so_the_queue_retries(handler):
+def test_a_failed_retrain_raises_so_the_queue_retries(handler, monkeypatch):
+    # A region with no A100 quota: preflight refuses (exit 3) before anything is created.
+    usages = fixture("usages.json")["value"]
+    for usage in usages:
+        if "NCADSA100v4" in usage["name"]["value"] and usage["type"].endswith("/vmFamily/usages"):
+            usage["limit"] = 0
+    sim = AzureRestSimulation(usages=usages)
+    sim.route_storage(monkeypatch)
     container = FakeContainer({"a.jsonl": jsonl(5)})
-    client = FakeMLClient(quota=AMPLE_QUOTA | {"standardNCADSA100v4Family": (0, 0)})
     lock = lock_for(handler, BlobLeaseTransport())
     with pytest.raises(handler.RetrainFailed, match="retrain exited with 3"):
-        handler.handle_message(message(event()), client=container, lock=lock, ml_client=client)
+        handler.handle_message(message(event()), client=container, lock=lock, ml_client=sim.client())
+    assert not sim.sent("PUT", r"^\{ws\}/(data|jobs)/") and not sim.unexpected
 
 
 def test_download_keeps_paths_and_skips_other_files(handler, tmp_path):
@@ -331,7 +339,7 @@ def test_package_ships_what_the_handler_imports_and_versions_components_like_a_l
     probe = (
         "import json, function_app\n"
         "from pipelines.settings import PROJECT_ROOT, load_settings\n"
-        "from pipelines.azure_backend import plan_submission\n"
+        "from pipelines.azure.plan import plan_submission\n"
         "plan = plan_submission(load_settings(PROJECT_ROOT / 'pipelines/config/azure.yaml'))\n"
         "print(json.dumps({'root': str(PROJECT_ROOT), 'versions': [c.version for c in plan.components]}))\n"
     )
@@ -342,5 +350,5 @@ def test_package_ships_what_the_handler_imports_and_versions_components_like_a_l
     assert staged.returncode == 0, staged.stderr[-2000:]
     shipped = json.loads(staged.stdout.strip().splitlines()[-1])
     assert shipped["root"] == str(target)
-    ours = azure_backend.plan_submission(load_settings(ROOT / "pipelines/config/azure.yaml"))
+    ours = azure_plan.plan_submission(load_settings(ROOT / "pipelines/config/azure.yaml"))
     assert shipped["versions"] == [c.version for c in ours.components]

@@ -23,7 +23,7 @@ def run(args: list[str], sim=None, tmp_path: Path | None = None) -> int:
 
 
 def data_puts(sim) -> list[str]:
-    return [r.path.split("/data/", 1)[1] for r in sim.sent("PUT", r"/data/")]
+    return [r.path.split("/data/", 1)[1] for r in sim.sent("PUT", r"^\{ws\}/data/")]
 
 
 def version_of(folder: Path) -> str:
