@@ -72,7 +72,7 @@ def test_azure_sign_in_is_oidc_with_ids_from_repository_variables(workflow):
     # id-token: write is what makes GitHub set the token request variables github_oidc reads.
     assert submit["permissions"] == {"contents": "read", "id-token": "write"}
     assert set(github_oidc.IDENTITY) <= set(submit["env"])
-    # And what pipelines/azure_backend.workspace_client() reads when there is no .azureml/config.json.
+    # And what pipelines/azure/client.workspace_client() reads when there is no .azureml/config.json.
     assert {"AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"} <= set(submit["env"])
     assert all(value == f"${{{{ vars.{name} }}}}" for name, value in submit["env"].items())
 
