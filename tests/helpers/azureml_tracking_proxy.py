@@ -7,8 +7,10 @@ artifacts behind its own service), and the routes it does not serve get what Azu
 
 - ``/api/2.0/mlflow/logged-models*`` (MLflow 3's LoggedModel API, used by every ``log_model``): Azure ML answers
   404 with an empty body. Evidence: Azure/azure-sdk-for-python#44896 ("API request to endpoint
-  /api/2.0/mlflow/logged-models failed with error code 404 != 200. Response body: ''"), azureml-mlflow 1.62.0.post6
-  (its stores subclass MLflow's RestStore and add no logged-model routes), azureml-examples PR #3885.
+  /api/2.0/mlflow/logged-models failed with error code 404 != 200. Response body: ''", azureml-mlflow 1.60/1.61 with
+  mlflow 3.5 and 3.8); azureml-examples PRs #3885 and #3902 (April-May 2026: the tracking server "does not support"
+  that API). azureml-mlflow 1.62.0.post6's tracking store is MLflow's own ``RestStore`` pointed at the workspace,
+  so MLflow 3.15 sends the same route.
 - ``/api/2.0/mlflow/registered-models/alias`` (model aliases): an assumption, not a measurement. Azure ML's
   "Manage models registry ... with MLflow" page lists version tags among the supported operations and not aliases;
   what the service answers is not published, so the same empty-body 404 is used. MLflow's REST client turns an
