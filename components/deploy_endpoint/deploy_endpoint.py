@@ -267,7 +267,9 @@ def _spawn(command: list[str], cwd: Path, env: dict, log_path: Path) -> subproce
 def start_server(code_dir: Path, model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
     command = [sys.executable, str(code_dir / LAUNCHER), "--entry_script", str(code_dir / SCORE_SCRIPT)]
     command += ["--model_dir", str(model_dir), "--port", str(port)]
-    return _spawn(command, code_dir, _server_env(code_dir), log_path)
+    # One JSON line per request beside the slot's server.log (chatft.serving.monitoring; `make monitor` reads it).
+    env = {**_server_env(code_dir), "CHATFT_REQUEST_LOG": str(log_path.with_name("requests.jsonl"))}
+    return _spawn(command, code_dir, env, log_path)
 
 
 def start_router(endpoint_home: Path, port: int) -> subprocess.Popen:
