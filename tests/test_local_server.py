@@ -240,7 +240,8 @@ def live_endpoint(tiny_llama_dir, tmp_path_factory):
     spec = importlib.util.spec_from_file_location("serve_local_for_router", component / "serve_local.py")
     serve_local = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve_local)
-    home = tmp_path_factory.mktemp("endpoint")
+    root = tmp_path_factory.mktemp("endpoint")
+    home = root / "endpoints" / "chat-ft"  # the layout deploy_endpoint writes under CHATFT_HOME
     code = home / "blue" / "code"
     code.mkdir(parents=True)
     for name in ("score.py", "serve_local.py", "serving.json"):
@@ -249,10 +250,12 @@ def live_endpoint(tiny_llama_dir, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HOME"] = str(home)
     with serve_local.running_server(tiny_llama_dir, home / "blue" / "server.log", code_dir=code, env=env) as slot:
-        write_map(home / "endpoint.json", {"endpoint_name": "chat-ft", "deployments": {"blue": {"port": slot["port"]}},
-                                           "traffic": {"blue": 100}})  # fmt: skip
+        deployment = {"port": slot["port"], "pid": slot["pid"], "model_name": "chat-ft", "model_version": "1"}
+        record = {"endpoint_name": "chat-ft", "deployments": {"blue": deployment}, "traffic": {"blue": 100}}
         router = _serve(Router(home / "endpoint.json", 0))
-        yield {"url": f"http://127.0.0.1:{router.server_address[1]}", "slot": slot}
+        url = f"http://127.0.0.1:{router.server_address[1]}"
+        write_map(home / "endpoint.json", {**record, "url": f"{url}/score", "health_url": f"{url}/"})
+        yield {"url": url, "slot": slot, "root": root}
         router.shutdown()
         router.server_close()
 
@@ -341,3 +344,54 @@ def test_no_bad_request_through_the_router_gets_a_5xx(live_endpoint):
         assert reply.json()["message"] and "Traceback" not in reply.text
     print(json.dumps(statuses, indent=1))
     assert requests.get(f"{url}/score", timeout=10).status_code == 405
+
+
+@pytest.mark.slow
+def test_chat_streams_through_the_router(live_endpoint, capsys):
+    from pipelines.endpoint import stream_reply
+
+    connection = {"url": f"{live_endpoint['url']}/score", "headers": {}}
+    messages = [{"role": "user", "content": "How do I reset my router?"}]
+    answer = stream_reply(connection, messages, {"temperature": 1.0, "max_new_tokens": 16})
+    assert answer and capsys.readouterr().out.strip() == answer
+
+
+@pytest.mark.slow
+def test_monitor_summarises_the_slots_requests_after_load(live_endpoint, capsys):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines import endpoint
+
+    body = {"messages": [{"role": "user", "content": "How do I reset my router?"}], "max_tokens": 8}
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(
+            pool.map(lambda _: requests.post(f"{live_endpoint['url']}/score", json=body, timeout=60), range(8))
+        )
+    assert {r.status_code for r in replies} == {200}
+    requests.post(f"{live_endpoint['url']}/score", json={"messages": []}, timeout=10)  # one refusal
+    args = endpoint.parse_args(["--home", str(live_endpoint["root"]), "monitor", "--last", "9"])
+    assert endpoint.main(args) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "blue (chat-ft:1): last 9 requests since" in out
+    assert "p50 " in out and "p95 " in out and "tokens/s" in out and "errors 11.1% (0 5xx)" in out
+    assert "blocked 0.0%" in out
+
+
+def test_summarize_counts_latency_speed_errors_and_blocks():
+    from chatft.serving.monitoring import format_summary, summarize
+
+    ok = [
+        {"status": 200, "latency_ms": ms, "completion_tokens": 10, "first_token_ms": ms / 10}
+        for ms in range(100, 1100, 100)
+    ]
+    records = ok + [{"status": 400, "error": "bad"}, {"status": 400, "blocked": "violence"}, {"status": 500}]
+    summary = summarize(records)
+    assert summary["requests"] == 13 and summary["latency_p50_ms"] == 500 and summary["latency_p95_ms"] == 1000
+    assert summary["first_token_p50_ms"] == 50 and summary["tokens_per_s_p50"] == pytest.approx(
+        10 / 0.6
+    )  # nearest rank of 10 speeds
+    assert summary["error_rate"] == pytest.approx(2 / 13) and summary["block_rate"] == pytest.approx(1 / 13)
+    assert summary["server_errors"] == 1
+    assert "errors 15.4% (1 5xx), blocked 7.7%" in format_summary("blue", summary)
+    assert format_summary("blue", summarize([])) == "blue: no requests recorded yet"
