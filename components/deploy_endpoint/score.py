@@ -148,7 +148,7 @@ def accept(request) -> tuple[ChatRequest, list[int]]:
 
 def answer(chat: ChatRequest, prompt: list[int]) -> Job:
     """The one place an answer is produced: the prompt joins a batch; the job streams it and ends with it."""
-    return _batcher.start(prompt, chat.params)
+    return _batcher.start(prompt, chat.params, stream=chat.stream)
 
 
 def _collect(chat: ChatRequest, completion: Completion) -> None:

@@ -378,7 +378,9 @@ def test_a_job_streams_the_same_text_it_ends_with(score, llama_generator):
     params = {**_greedy(score, 24), "do_sample": True, "temperature": 1.0}
     batcher = score.MicroBatcher(llama_generator, max_batch_size=2, batch_wait_ms=0)
     for question in QUESTIONS[:2]:
-        job = batcher.start(llama_generator.encode([{"role": "user", "content": question}], params), params)
+        job = batcher.start(
+            llama_generator.encode([{"role": "user", "content": question}], params), params, stream=True
+        )
         pieces = list(job.deltas())
         completion = job.wait()
         assert len(pieces) >= 2 and "".join(pieces).strip() == completion.text
@@ -389,7 +391,8 @@ def test_a_cancelled_job_stops_its_row_and_leaves_the_others(score, llama_genera
     params = {**_greedy(score, 300), "do_sample": True, "temperature": 1.0}
     prompt = llama_generator.encode([{"role": "user", "content": "Tell a long story"}], params)
     batcher = score.MicroBatcher(llama_generator, max_batch_size=2, batch_wait_ms=200)
-    leaving, staying = batcher.start(prompt, params), batcher.start(prompt, {**params, "max_new_tokens": 40})
+    leaving = batcher.start(prompt, params, stream=True)
+    staying = batcher.start(prompt, {**params, "max_new_tokens": 40})
     next(iter(leaving.deltas()))  # the generation runs
     leaving.cancel()
     cancelled, finished = leaving.wait(), staying.wait()

@@ -64,6 +64,7 @@ class Job:
     completion: Completion | None = None
     error: Exception | None = None
     first_token_at: float | None = None
+    streaming: bool = False  # someone reads deltas(): only then is the text decoded token by token
     _deltas: queue.Queue = field(default_factory=queue.Queue)
 
     def push(self, text: str) -> None:
@@ -143,6 +144,10 @@ class _RowStreamer:
                 continue
             self.tokens[row].append(token)
             self.open[row] = len(self.tokens[row]) < self.limits[row]
+            if not self.jobs[row].streaming:
+                if self.jobs[row].first_token_at is None:  # time to first token, for monitoring
+                    self.jobs[row].first_token_at = time.perf_counter()
+                continue
             text = self.generator.decode(self.tokens[row]).lstrip()
             if text.endswith("\ufffd") or not text.startswith(self.sent[row]):
                 continue
@@ -347,9 +352,10 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._serve, name="chatft-batcher", daemon=True)
         self._thread.start()
 
-    def start(self, prompt: list[int], params: dict[str, Any]) -> Job:
-        """Queue one prompt; the returned job streams its answer (``deltas``) and ends with it (``wait``)."""
-        job = Job(prompt, params, sampling_key(params))
+    def start(self, prompt: list[int], params: dict[str, Any], stream: bool = False) -> Job:
+        """Queue one prompt; the returned job ends with its answer (``wait``), and with ``stream`` hands it over in
+        pieces as they are generated (``deltas``)."""
+        job = Job(prompt, params, sampling_key(params), streaming=stream)
         with self._changed:
             self._pending.append(job)
             self._changed.notify_all()
