@@ -231,7 +231,7 @@ def test_azure_serving_settings_reach_the_deployment(deploy, tmp_path):
 
 
 def test_azure_deployment_collects_inputs_outputs_and_enables_app_insights(deploy, tmp_path):
-    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC8as_T4_v3", 1, tmp_path)
     assert deployment.app_insights_enabled is True
     collector = deployment.data_collector
     assert collector.sampling_rate == 1.0
