@@ -889,17 +889,17 @@ def registry_client_for(settings: RunSettings, ml_client):
     return MLClient(ml_client._credential, registry_name=registry)
 
 
-def teardown(settings: RunSettings, delete_subscription: bool, ml_client=None) -> int:
-    from azure.core.exceptions import ResourceNotFoundError
-
+def teardown(settings: RunSettings, delete_subscription: bool, ml_client=None, name: str | None = None) -> int:
+    """Delete the serverless endpoint (it bills by the hour while deployed); the subscription only when asked."""
     serverless = serverless_settings(settings)
+    name = name or serverless.endpoint_name
     ml_client = ml_client or workspace_client()
-    print(f"deleting the serverless endpoint {serverless.endpoint_name} ...", flush=True)
-    try:
-        ml_client.serverless_endpoints.begin_delete(serverless.endpoint_name).result()
-        print(f"deleted {serverless.endpoint_name}")
-    except ResourceNotFoundError:
-        print(f"{serverless.endpoint_name} does not exist (nothing to delete)")
+    if _get_or_none(ml_client.serverless_endpoints, name) is None:
+        print(f"{name} does not exist (nothing to delete)")
+    else:
+        print(f"deleting the serverless endpoint {name} ...", flush=True)
+        ml_client.serverless_endpoints.begin_delete(name).result()
+        print(f"deleted {name}")
     if delete_subscription:
         ml_client.marketplace_subscriptions.begin_delete(serverless.subscription_name).result()
         print(f"deleted the marketplace subscription {serverless.subscription_name}")

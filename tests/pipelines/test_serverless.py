@@ -451,3 +451,37 @@ def test_teardown_deletes_the_endpoint_and_on_request_the_subscription(tmp_path)
     assert serverless.teardown(settings, delete_subscription=True, ml_client=client) == 0
     assert service.subscriptions == {}
     assert fake.unexpected == []
+
+
+# ---- make chat / ask / status / teardown TARGET=serverless -----------------------------------------------------
+def test_ask_target_serverless_finds_the_endpoint_in_the_workspace(chat_server, capsys):
+    from pipelines import endpoint as endpoint_cli
+    from tests.helpers.serverless_transport import serverless_endpoint_body
+
+    fake = FakeAzure()
+    service = ServerlessService(fake).install()
+    service.endpoints["chat-ft-phi3-maas"] = serverless_endpoint_body(
+        "chat-ft-phi3-maas", "m", "eastus2", chat_server.url
+    )
+    args = endpoint_cli.parse_args(["--target", "serverless", "ask", "Is it on?", "--max_new_tokens", "32"])
+
+    assert endpoint_cli.main(args, ml_client=ml_client(fake)) == 0
+    assert capsys.readouterr().out.strip() == "Unplug it for 30 seconds."
+    (request,) = chat_server.requests
+    assert request["body"] == {"messages": [{"role": "user", "content": "Is it on?"}], "max_tokens": 32}
+    assert request["auth"] == "Bearer fake-primary-key"
+
+    assert endpoint_cli.main(endpoint_cli.parse_args(["--target", "serverless", "status"]), ml_client(fake)) == 0
+    teardown = endpoint_cli.parse_args(["--target", "serverless", "teardown"])
+    assert endpoint_cli.main(teardown, ml_client=ml_client(fake)) == 0
+    assert service.endpoints == {} and fake.unexpected == []
+
+
+def test_chat_target_serverless_takes_url_and_key_from_the_environment(chat_server, monkeypatch):
+    from pipelines import endpoint as endpoint_cli
+
+    monkeypatch.setenv("CHATFT_SERVERLESS_URL", chat_server.url)
+    monkeypatch.setenv("CHATFT_SERVERLESS_KEY", "env-key")
+    connection = endpoint_cli.serverless_connection("any")
+    assert endpoint_cli.generate(connection, [{"role": "user", "content": "hi"}], {}) == "Unplug it for 30 seconds."
+    assert chat_server.requests[0]["auth"] == "Bearer env-key"
