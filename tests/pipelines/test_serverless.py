@@ -320,14 +320,12 @@ def test_unchanged_data_is_not_uploaded_again(tmp_path, chat_server, simulated_u
     runs = ServiceRuns(tmp_path)
     plan = make_plan(tmp_path)
     assert run_submit(plan, fake, service, runs, tmp_path) == 0
-    puts_before = paths(fake, "PUT").count
-    simulated_upload.clear()
     service.endpoints.clear()
 
     assert run_submit(plan, fake, service, runs, tmp_path) == 0
-    assert simulated_upload == []
-    data_puts = [p for p in paths(fake, "PUT") if p.startswith("versions/")]
-    assert len(data_puts) == 2 and puts_before("versions/" + plan.data.train.version) == 1  # only the first run's
+    assert simulated_upload == [plan.data.train.path, plan.data.validation.path]  # the first run's only
+    data_puts = [c.path for c in fake.calls if c.method == "PUT" and "/data/" in c.path]
+    assert len(data_puts) == 2 and len(service.jobs) == 2  # registered once, trained twice
 
 
 def test_a_failed_job_stops_before_tracking_and_deployment(tmp_path, chat_server, simulated_upload, capsys):
