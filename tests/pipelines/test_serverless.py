@@ -350,6 +350,16 @@ def test_a_failed_gate_tracks_the_run_but_does_not_deploy(tmp_path, chat_server,
     assert service.endpoints == {} and chat_server.requests == []
 
 
+def test_no_reported_validation_loss_fails_the_gate(tmp_path, chat_server, simulated_upload, capsys):
+    fake = FakeAzure()
+    service = ServerlessService(fake, scoring_uri=chat_server.url).install()
+    runs = ServiceRuns(tmp_path, validation=())  # e.g. the metric names in the preset are not the service's
+
+    assert run_submit(make_plan(tmp_path), fake, service, runs, tmp_path) == serverless.EXIT_GATE
+    assert "the job logged no finite 'eval_loss' series" in capsys.readouterr().out
+    assert service.endpoints == {}
+
+
 def test_a_worse_run_than_the_champion_fails_the_gate(tmp_path, chat_server, simulated_upload, capsys):
     fake = FakeAzure()
     service = ServerlessService(fake, scoring_uri=chat_server.url).install()
