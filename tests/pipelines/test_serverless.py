@@ -1,9 +1,9 @@
-"""The serverless (Model-as-a-Service) path against a real MLClient over the HTTP-transport fake.
+"""The serverless (Model-as-a-Service) path against a real MLClient over the Azure REST simulation.
 
-The fake answers in the REST API's shapes (tests/helpers/serverless_transport.py says where each comes from) and
-fails on any request it does not expect. Two things stay outside it, each named where it is replaced: the blob
-upload of a data asset (azure-storage-blob builds its own HTTP pipeline) and the MLflow run the service logs its
-losses to (written here into a local SQLite store, under the metric names the preset assumes).
+The simulation (tests/helpers/azure_transport.py, the ``azure_sim`` fixture; the serverless routes in
+tests/helpers/serverless_routes.py) answers in the REST API's shapes, blob uploads included, and fails the test on
+any request it does not expect. One thing stays outside it, simulated here and named where it is: the MLflow run in
+which the service logs its losses (written into a local SQLite store, under the metric names the preset assumes).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 from pipelines import serverless
 from pipelines.settings import PROJECT_ROOT, SettingsError, load_settings
 from tests.helpers.chat_data import make_conversations, write_jsonl
-from tests.helpers.serverless_transport import FakeAzure, ServerlessService, UnexpectedRequest, ml_client
+from tests.helpers.serverless_routes import ServerlessRoutes, marketplace_subscription, serverless_endpoint
 
 PRESET = PROJECT_ROOT / serverless.SERVERLESS_PRESET
 # Test prices, not Azure's: they only check the arithmetic of the estimate.
@@ -105,23 +105,6 @@ def chat_server():
     server.close()
 
 
-@pytest.fixture
-def simulated_upload(monkeypatch):
-    """SIMULATED blob upload: the SDK's upload step (azure-storage-blob, outside MLClient's transport) is replaced by
-    one that records the local file and points the asset at a datastore path, as the real upload does."""
-    import azure.ai.ml.operations._data_operations as data_operations
-
-    uploaded = []
-
-    def upload(artifact, **kwargs):
-        uploaded.append(Path(artifact.path))
-        artifact.path = f"azureml://datastores/workspaceblobstore/paths/LocalUpload/{Path(artifact.path).name}"
-        return artifact, None
-
-    monkeypatch.setattr(data_operations, "_check_and_upload_path", upload)
-    return uploaded
-
-
 class ServiceRuns:
     """SIMULATED service metrics: when a job is created, its losses are logged to a local MLflow store, as the
     service logs them to the workspace's; the reader maps the job name to that run (on Azure they are the same id)."""
@@ -155,35 +138,32 @@ class ServiceRuns:
         return read
 
 
-def run_submit(plan, fake, service, runs, tmp_path, **kwargs) -> int:
-    client = ml_client(fake)
+@pytest.fixture
+def routes(azure_sim, chat_server):
+    """The simulation with the serverless routes; a created endpoint answers at the loopback chat server."""
+    azure_sim.job_statuses = ["Queued", "Running", "Completed"]
+    return ServerlessRoutes(azure_sim, scoring_uri=chat_server.url).install()
+
+
+def run_submit(plan, routes, runs, tmp_path) -> int:
     pricing = tmp_path / "pricing.json"
     pricing.write_text(json.dumps(TEST_PRICING))
     return serverless.submit_plan(
         plan,
         dry_run=False,
         output_root=tmp_path / "out",
-        ml_client=client,
-        registry_client=kwargs.pop("registry_client", None) or registry(fake),
+        ml_client=routes.sim.client(),
+        registry_client=routes.registry_client(),
         tracking_uri=runs.tracking_uri,
         pricing=pricing,
         metrics_reader=runs.reader(plan.serverless.metrics),
         sleep=lambda seconds: None,
-        **kwargs,
     )
 
 
-def registry(fake):
-    from azure.ai.ml import MLClient
-
-    from tests.helpers.serverless_transport import FakeCredential
-
-    return MLClient(FakeCredential(), registry_name="azureml", transport=fake.transport())
-
-
-def paths(fake: FakeAzure, method: str) -> list[str]:
-    """The last two path segments of each call of ``method``, e.g. 'serverlessEndpoints/chat-ft-phi3-maas'."""
-    return ["/".join(c.path.split("/")[-2:]) for c in fake.calls if c.method == method]
+def puts(sim) -> list[str]:
+    """The last two path segments of each PUT, in order, e.g. 'serverlessEndpoints/chat-ft-phi3-maas'."""
+    return ["/".join(r.path.split("/")[-2:]) for r in sim.requests if r.method == "PUT"]
 
 
 # ---- settings --------------------------------------------------------------------------------------------------
@@ -262,39 +242,39 @@ def test_dry_run_runs_the_data_steps_and_writes_job_and_plan(tmp_path, capsys):
     assert "GPU quota: none needed" in out and "offered in eastus2" in out
 
 
-# ---- against the transport fake --------------------------------------------------------------------------------
-def test_submit_registers_trains_tracks_deploys_and_smoke_tests(tmp_path, chat_server, simulated_upload):
-    fake = FakeAzure()
-    service = ServerlessService(fake, scoring_uri=chat_server.url).install()
+# ---- against the Azure REST simulation ---------------------------------------------------------------------
+def test_submit_registers_trains_tracks_deploys_and_smoke_tests(tmp_path, routes, chat_server):
+    sim = routes.sim
     runs = ServiceRuns(tmp_path)
     plan = make_plan(tmp_path)
 
-    assert run_submit(plan, fake, service, runs, tmp_path) == 0
+    assert run_submit(plan, routes, runs, tmp_path) == 0
 
-    assert fake.unexpected == []
-    # registration: both validated files, as uri_file assets versioned by fingerprint
-    assert simulated_upload == [plan.data.train.path, plan.data.validation.path]
+    # registration: both validated files uploaded and registered as uri_file assets versioned by fingerprint
     for file in plan.data.files:
-        stored = service.data[(file.asset_name, file.version)]["properties"]
+        stored = sim.get("data", file.asset_name, file.version)["properties"]
         assert stored["dataType"] == "uri_file" and stored["tags"]["data_fingerprint"] == file.fingerprint
+        assert stored["dataUri"].endswith(f"/{file.path.name}")
+        assert file.path.read_bytes() in sim.blobs.values()
     # the job: model pinned, task, hyper-parameters, data by asset id, as sent on the wire
-    ((job_name, job),) = service.jobs.items()
-    details = job["sent"]["properties"]["fineTuningDetails"]
+    (put_job,) = sim.sent("PUT", "/jobs/")
+    details = put_job.body["properties"]["fineTuningDetails"]
     assert details["taskType"] == "chatCompletion" and details["modelProvider"] == "Custom"
     assert details["model"]["uri"].endswith("Phi-3-mini-4k-instruct/versions/4")
     assert details["hyperParameters"] == plan.serverless.hyperparameters
     assert details["trainingData"]["uri"].endswith(f"/data/chatft-test-train/versions/{plan.data.train.version}")
-    # polled until Completed (the SDK's create_or_update also GETs the job once after its PUT)
-    assert service.job_states[min(service.jobs[job_name]["polls"], 3) - 1] == "Completed"
+    job_name = put_job.path.rsplit("/", 1)[1]
+    assert sim.get("jobs", job_name)["properties"]["status"] == "Completed"  # polled until it ended
     # deployment: no marketplace subscription for a Microsoft model, then the endpoint on the fine-tuned model
-    assert "marketplaceSubscriptions" not in " ".join(fake.sent())
-    endpoint = service.endpoints["chat-ft-phi3-maas"]
+    assert not sim.sent("PUT", "/marketplaceSubscriptions/")
+    endpoint = routes.stored("serverlessEndpoints")["chat-ft-phi3-maas"]
+    workspace_guid = sim._workspace()["properties"]["workspaceId"]
     assert endpoint["properties"]["modelSettings"]["modelId"] == (
-        "azureml://locations/eastus2/workspaces/a1b2c3d4-0000-1111-2222-333344445555/models/chat-ft-phi3-maas/versions/1"
+        f"azureml://locations/eastus2/workspaces/{workspace_guid}/models/chat-ft-phi3-maas/versions/1"
     )
     # smoke test: the guide's question, OpenAI shape, the key from listKeys
     (request,) = chat_server.requests
-    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer fake-primary-key"
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sim-primary-key"
     assert request["body"]["messages"] == [{"role": "user", "content": "How do I restart my router?"}]
     # tracking: one run with the fingerprint, the reported losses and the eval_report
     from mlflow import MlflowClient
@@ -314,107 +294,92 @@ def test_submit_registers_trains_tracks_deploys_and_smoke_tests(tmp_path, chat_s
     }
 
 
-def test_unchanged_data_is_not_uploaded_again(tmp_path, chat_server, simulated_upload):
-    fake = FakeAzure()
-    service = ServerlessService(fake, scoring_uri=chat_server.url).install()
+def test_unchanged_data_is_not_uploaded_again(tmp_path, routes):
+    sim = routes.sim
     runs = ServiceRuns(tmp_path)
     plan = make_plan(tmp_path)
-    assert run_submit(plan, fake, service, runs, tmp_path) == 0
-    service.endpoints.clear()
+    assert run_submit(plan, routes, runs, tmp_path) == 0
+    blob_puts = len(sim.sent("PUT", r"\.blob\.core\.windows\.net/"))
+    sim.job_statuses = ["Completed"]
 
-    assert run_submit(plan, fake, service, runs, tmp_path) == 0
-    assert simulated_upload == [plan.data.train.path, plan.data.validation.path]  # the first run's only
-    data_puts = [c.path for c in fake.calls if c.method == "PUT" and "/data/" in c.path]
-    assert len(data_puts) == 2 and len(service.jobs) == 2  # registered once, trained twice
+    assert run_submit(plan, routes, runs, tmp_path) == 0
+    assert len(sim.sent("PUT", "/data/")) == 2 and len(sim.sent("PUT", "/jobs/")) == 2  # registered once, trained twice
+    assert len(sim.sent("PUT", r"\.blob\.core\.windows\.net/")) == blob_puts  # nothing uploaded the second time
 
 
-def test_a_failed_job_stops_before_tracking_and_deployment(tmp_path, chat_server, simulated_upload, capsys):
-    fake = FakeAzure()
-    service = ServerlessService(fake, scoring_uri=chat_server.url, job_states=["Queued", "Running", "Failed"]).install()
+def test_a_failed_job_stops_before_tracking_and_deployment(tmp_path, routes, chat_server, capsys):
+    routes.sim.job_statuses = ["Queued", "Running", "Failed"]
     runs = ServiceRuns(tmp_path)
-    plan = make_plan(tmp_path)
 
-    assert run_submit(plan, fake, service, runs, tmp_path) == serverless.EXIT_JOB_FAILED
+    assert run_submit(make_plan(tmp_path), routes, runs, tmp_path) == serverless.EXIT_JOB_FAILED
     assert "ended: Failed" in capsys.readouterr().err
-    assert service.endpoints == {} and chat_server.requests == [] and runs.run_ids == {}
+    assert routes.stored("serverlessEndpoints") == {} and chat_server.requests == [] and runs.run_ids == {}
 
 
-def test_a_failed_gate_tracks_the_run_but_does_not_deploy(tmp_path, chat_server, simulated_upload, capsys):
-    fake = FakeAzure()
-    service = ServerlessService(fake, scoring_uri=chat_server.url).install()
+def test_a_failed_gate_tracks_the_run_but_does_not_deploy(tmp_path, routes, chat_server, capsys):
     runs = ServiceRuns(tmp_path, validation=(1.2, 1.4, 1.6))  # held-out loss rose: overfitting
-    plan = make_plan(tmp_path)
 
-    assert run_submit(plan, fake, service, runs, tmp_path) == serverless.EXIT_GATE
+    assert run_submit(make_plan(tmp_path), routes, runs, tmp_path) == serverless.EXIT_GATE
     assert "validation loss 1.2000 → 1.6000" in capsys.readouterr().out
-    assert service.endpoints == {} and chat_server.requests == []
+    assert routes.stored("serverlessEndpoints") == {} and chat_server.requests == []
 
 
-def test_no_reported_validation_loss_fails_the_gate(tmp_path, chat_server, simulated_upload, capsys):
-    fake = FakeAzure()
-    service = ServerlessService(fake, scoring_uri=chat_server.url).install()
+def test_no_reported_validation_loss_fails_the_gate(tmp_path, routes, capsys):
     runs = ServiceRuns(tmp_path, validation=())  # e.g. the metric names in the preset are not the service's
 
-    assert run_submit(make_plan(tmp_path), fake, service, runs, tmp_path) == serverless.EXIT_GATE
+    assert run_submit(make_plan(tmp_path), routes, runs, tmp_path) == serverless.EXIT_GATE
     assert "the job logged no finite 'eval_loss' series" in capsys.readouterr().out
-    assert service.endpoints == {}
+    assert routes.stored("serverlessEndpoints") == {}
 
 
-def test_a_worse_run_than_the_champion_fails_the_gate(tmp_path, chat_server, simulated_upload, capsys):
-    fake = FakeAzure()
-    service = ServerlessService(fake, scoring_uri=chat_server.url).install()
+def test_a_worse_run_than_the_champion_fails_the_gate(tmp_path, routes, capsys):
     plan = make_plan(tmp_path)
-    assert run_submit(plan, fake, service, ServiceRuns(tmp_path), tmp_path) == 0
-    service.endpoints.clear()
+    assert run_submit(plan, routes, ServiceRuns(tmp_path), tmp_path) == 0
+    routes.sim.resources.clear()  # a fresh workspace: only the MLflow history remains
+    routes.sim.job_statuses = ["Completed"]
 
     worse = ServiceRuns(tmp_path, validation=(1.9, 1.6, 1.5))  # fell, but ends above the champion's 1.2
-    assert run_submit(plan, fake, service, worse, tmp_path) == serverless.EXIT_GATE
+    assert run_submit(plan, routes, worse, tmp_path) == serverless.EXIT_GATE
     assert "> 1 × champion run" in capsys.readouterr().out
-    assert service.endpoints == {}
+    assert routes.stored("serverlessEndpoints") == {}
 
 
-def test_subscription_is_created_before_the_endpoint_when_the_offer_needs_one(tmp_path, chat_server, simulated_upload):
-    fake = FakeAzure()
-    service = ServerlessService(fake, scoring_uri=chat_server.url).install()
+def test_subscription_is_created_before_the_endpoint_when_the_offer_needs_one(tmp_path, routes):
     plan = make_plan(tmp_path, {"marketplace_subscription": True, "subscription_name": "phi-sub"})
 
-    assert run_submit(plan, fake, service, ServiceRuns(tmp_path), tmp_path) == 0
-    puts = paths(fake, "PUT")
-    assert puts.index("marketplaceSubscriptions/phi-sub") < puts.index("serverlessEndpoints/chat-ft-phi3-maas")
-    sent = service.subscriptions["phi-sub"]["properties"]["modelId"]
+    assert run_submit(plan, routes, ServiceRuns(tmp_path), tmp_path) == 0
+    order = puts(routes.sim)
+    assert order.index("marketplaceSubscriptions/phi-sub") < order.index("serverlessEndpoints/chat-ft-phi3-maas")
+    sent = routes.stored("marketplaceSubscriptions")["phi-sub"]["properties"]["modelId"]
     assert sent == "azureml://registries/azureml/models/Phi-3-mini-4k-instruct"  # the offer: no version
 
 
-def test_an_existing_subscription_is_not_created_again(tmp_path, chat_server, simulated_upload):
-    from tests.helpers.serverless_transport import marketplace_subscription_body
-
-    fake = FakeAzure()
-    service = ServerlessService(fake, scoring_uri=chat_server.url).install()
-    service.subscriptions["phi-sub"] = marketplace_subscription_body("phi-sub", "azureml://registries/azureml/models/x")
+def test_an_existing_subscription_is_not_created_again(tmp_path, routes):
+    routes.add(marketplace_subscription("phi-sub", "azureml://registries/azureml/models/Phi-3-mini-4k-instruct"))
     plan = make_plan(tmp_path, {"marketplace_subscription": True, "subscription_name": "phi-sub"})
 
-    assert run_submit(plan, fake, service, ServiceRuns(tmp_path), tmp_path) == 0
-    assert "marketplaceSubscriptions/phi-sub" not in paths(fake, "PUT")
+    assert run_submit(plan, routes, ServiceRuns(tmp_path), tmp_path) == 0
+    assert "marketplaceSubscriptions/phi-sub" not in puts(routes.sim)
 
 
-def test_a_region_without_the_offer_fails_before_anything_is_created(tmp_path, chat_server, simulated_upload, capsys):
-    fake = FakeAzure()
-    service = ServerlessService(fake, location="westeurope", scoring_uri=chat_server.url).install()
+def test_a_region_without_the_offer_fails_before_anything_is_created(tmp_path, routes, capsys):
+    routes.sim._workspace = lambda default=routes.sim._workspace: {**default(), "location": "westeurope"}
 
-    assert run_submit(make_plan(tmp_path), fake, service, ServiceRuns(tmp_path), tmp_path) == serverless.EXIT_PREFLIGHT
+    assert run_submit(make_plan(tmp_path), routes, ServiceRuns(tmp_path), tmp_path) == serverless.EXIT_PREFLIGHT
     out = capsys.readouterr()
     assert "the workspace is in westeurope" in out.out and "offered only in eastus2" in out.out
-    assert fake.sent("PUT") == [] and simulated_upload == [] and service.jobs == {}
+    assert [r for r in routes.sim.requests if r.method in ("PUT", "POST", "DELETE")] == [] and routes.sim.blobs == {}
 
 
-def test_the_catalog_tag_decides_the_region_when_the_model_has_one(tmp_path, chat_server, simulated_upload, capsys):
-    fake = FakeAzure()
-    service = ServerlessService(
-        fake, location="westeurope", scoring_uri=chat_server.url, catalog_regions="eastus2, westeurope"
+def test_the_catalog_tag_decides_the_region_when_the_model_has_one(tmp_path, azure_sim, chat_server, capsys):
+    azure_sim.job_statuses = ["Completed"]
+    routes = ServerlessRoutes(
+        azure_sim, scoring_uri=chat_server.url, region="westeurope", catalog_regions="eastus2, westeurope"
     ).install()
 
-    assert run_submit(make_plan(tmp_path), fake, service, ServiceRuns(tmp_path), tmp_path) == 0
+    assert run_submit(make_plan(tmp_path), routes, ServiceRuns(tmp_path), tmp_path) == 0
     assert "catalog tag maas-finetuning-deploy-regions" in capsys.readouterr().out
+    assert routes.stored("serverlessEndpoints")["chat-ft-phi3-maas"]["location"] == "westeurope"
 
 
 def test_preflight_offline_says_no_gpu_quota_and_estimates_cost(tmp_path):
@@ -435,54 +400,40 @@ def test_preflight_says_when_prices_are_unknown(tmp_path):
     assert "price unknown (training_per_1k_tokens is null" in report.text and "total: not estimated" in report.text
 
 
-def test_the_fake_fails_loudly_on_an_unexpected_request():
-    fake = FakeAzure()  # no routes
-    with pytest.raises(UnexpectedRequest, match="GET https://management.azure.com/.*/serverlessEndpoints/x"):
-        ml_client(fake).serverless_endpoints.get("x")
-
-
 # ---- teardown --------------------------------------------------------------------------------------------------
-def test_teardown_deletes_the_endpoint_and_on_request_the_subscription(tmp_path):
-    from tests.helpers.serverless_transport import marketplace_subscription_body, serverless_endpoint_body
-
-    fake = FakeAzure()
-    service = ServerlessService(fake).install()
-    service.endpoints["chat-ft-phi3-maas"] = serverless_endpoint_body("chat-ft-phi3-maas", "m", "eastus2", "http://x")
-    service.subscriptions["phi-3-mini-4k-instruct-sub"] = marketplace_subscription_body(
-        "phi-3-mini-4k-instruct-sub", "m"
-    )
+def test_teardown_deletes_the_endpoint_and_on_request_the_subscription(routes):
+    routes.add(serverless_endpoint("chat-ft-phi3-maas", "m", "eastus2", "http://127.0.0.1:9"))
+    routes.add(marketplace_subscription("phi-3-mini-4k-instruct-sub", "m"))
     settings = load_settings(PRESET)
-    client = ml_client(fake)
+    client = routes.sim.client()
 
     assert serverless.teardown(settings, delete_subscription=False, ml_client=client) == 0
-    assert service.endpoints == {} and "phi-3-mini-4k-instruct-sub" in service.subscriptions
+    assert routes.stored("serverlessEndpoints") == {} and "phi-3-mini-4k-instruct-sub" in routes.stored(
+        "marketplaceSubscriptions"
+    )
     assert serverless.teardown(settings, delete_subscription=True, ml_client=client) == 0
-    assert service.subscriptions == {}
-    assert fake.unexpected == []
+    assert routes.stored("marketplaceSubscriptions") == {}
+    assert routes.sim.sent("DELETE", "/serverlessEndpoints/chat-ft-phi3-maas$")[0].status == 202
 
 
 # ---- make chat / ask / status / teardown TARGET=serverless -----------------------------------------------------
-def test_ask_target_serverless_finds_the_endpoint_in_the_workspace(chat_server, capsys):
+def test_ask_target_serverless_finds_the_endpoint_in_the_workspace(routes, chat_server, capsys):
     from pipelines import endpoint as endpoint_cli
-    from tests.helpers.serverless_transport import serverless_endpoint_body
 
-    fake = FakeAzure()
-    service = ServerlessService(fake).install()
-    service.endpoints["chat-ft-phi3-maas"] = serverless_endpoint_body(
-        "chat-ft-phi3-maas", "m", "eastus2", chat_server.url
-    )
+    routes.add(serverless_endpoint("chat-ft-phi3-maas", "m", "eastus2", chat_server.url))
     args = endpoint_cli.parse_args(["--target", "serverless", "ask", "Is it on?", "--max_new_tokens", "32"])
 
-    assert endpoint_cli.main(args, ml_client=ml_client(fake)) == 0
+    assert endpoint_cli.main(args, ml_client=routes.sim.client()) == 0
     assert capsys.readouterr().out.strip() == "Unplug it for 30 seconds."
     (request,) = chat_server.requests
     assert request["body"] == {"messages": [{"role": "user", "content": "Is it on?"}], "max_tokens": 32}
-    assert request["auth"] == "Bearer fake-primary-key"
+    assert request["auth"] == "Bearer sim-primary-key"
 
-    assert endpoint_cli.main(endpoint_cli.parse_args(["--target", "serverless", "status"]), ml_client(fake)) == 0
+    status = endpoint_cli.parse_args(["--target", "serverless", "status"])
+    assert endpoint_cli.main(status, ml_client=routes.sim.client()) == 0
     teardown = endpoint_cli.parse_args(["--target", "serverless", "teardown"])
-    assert endpoint_cli.main(teardown, ml_client=ml_client(fake)) == 0
-    assert service.endpoints == {} and fake.unexpected == []
+    assert endpoint_cli.main(teardown, ml_client=routes.sim.client()) == 0
+    assert routes.stored("serverlessEndpoints") == {}
 
 
 def test_chat_target_serverless_takes_url_and_key_from_the_environment(chat_server, monkeypatch):
