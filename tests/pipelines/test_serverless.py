@@ -109,8 +109,8 @@ class ServiceRuns:
     """SIMULATED service metrics: when a job is created, its losses are logged to a local MLflow store, as the
     service logs them to the workspace's; the reader maps the job name to that run (on Azure they are the same id)."""
 
-    def __init__(self, tmp_path: Path, validation=(1.9, 1.5, 1.2), training=(2.1, 1.6, 1.1)):
-        self.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    def __init__(self, tmp_path: Path, validation=(1.9, 1.5, 1.2), training=(2.1, 1.6, 1.1), tracking_uri=None):
+        self.tracking_uri = tracking_uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
         self.validation, self.training = validation, training
         self.run_ids: dict[str, str] = {}
 
@@ -292,6 +292,29 @@ def test_submit_registers_trains_tracks_deploys_and_smoke_tests(tmp_path, routes
         "validation_loss_fell": True,
         "no_regression_vs_champion": False,
     }
+
+
+@pytest.mark.slow
+def test_tracking_uses_only_routes_azure_ml_serves(tmp_path, routes, azureml_tracking):
+    """The same submit, tracking to the Azure-ML-shaped MLflow server (it refuses what Azure ML does not serve)."""
+    from mlflow import MlflowClient
+
+    runs = ServiceRuns(tmp_path, tracking_uri=azureml_tracking.uri)
+    plan = make_plan(tmp_path)
+    assert run_submit(plan, routes, runs, tmp_path) == 0
+    routes.sim.job_statuses = ["Completed"]
+    assert run_submit(plan, routes, runs, tmp_path) == 0  # the second one searches the first as its champion
+    assert azureml_tracking.refused() == []
+    client = MlflowClient(azureml_tracking.uri)
+    experiment = client.get_experiment_by_name(plan.settings.experiment_name)
+    first, second = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.chatft_path = 'serverless'", order_by=["start_time ASC"]
+    )
+    assert first.info.run_id in second.data.tags["quality_gate"]  # compared with the champion: the first run
+    run = second
+    # the report went up through the server's artifact proxy (listing it back would ask the LoggedModel API)
+    uploads = [r for r in azureml_tracking.requests if r[0] == "PUT" and run.info.run_id in r[1]]
+    assert [(path.endswith("eval_report/eval_report.json"), status) for _, path, status in uploads] == [(True, 200)]
 
 
 def test_unchanged_data_is_not_uploaded_again(tmp_path, routes):
