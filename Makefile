@@ -89,14 +89,14 @@ format: install ## Format with ruff
 # Azure targets take DRY_RUN=1 (no network), DATA=path (local chat JSONL instead of the preset's dataset), ARGS=...
 AZURE_FLAGS = $(if $(DRY_RUN),--dry-run) $(if $(DATA),--data "$(DATA)")
 
-# BACKEND=serverless: the service fine-tunes (Model-as-a-Service, pipelines/serverless.py); default: the pipeline.
+# BACKEND=serverless: the service fine-tunes (Model-as-a-Service, pipelines/azure/serverless.py); default: the pipeline.
 BACKEND ?= azure
 
-submit: install ## Preflight, register what changed, submit to Azure ML and stream (DRY_RUN=1: YAML + plan only; BACKEND=serverless)
+submit: install ## Preflight, register what changed, submit to Azure ML, follow the run (DRY_RUN=1: YAML + plan only; BACKEND=serverless)
 	$(PY) -m pipelines.run --backend $(BACKEND) --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
 
 preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline; BACKEND=serverless)
-	$(PY) -m $(if $(filter serverless,$(BACKEND)),pipelines.serverless preflight --output-root $(OUTPUT_ROOT),pipelines.preflight) $(AZURE_FLAGS) $(ARGS)
+	$(PY) -m $(if $(filter serverless,$(BACKEND)),pipelines.azure.serverless preflight --output-root $(OUTPUT_ROOT),pipelines.preflight) $(AZURE_FLAGS) $(ARGS)
 
 schedule: install ## Create/update the Azure ML schedule of pipelines/config/azure.yaml (DRY_RUN=1: YAML only)
 	$(PY) -m pipelines.schedule create --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)

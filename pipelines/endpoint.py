@@ -6,7 +6,7 @@
     python -m pipelines.endpoint stop                         # local: stop the router and every slot
     python -m pipelines.endpoint teardown [--delete-model]    # delete the endpoint (the model stays unless asked)
     python -m pipelines.endpoint --target azure chat          # the same against the Azure ML endpoint
-    python -m pipelines.endpoint --target serverless chat     # the serverless endpoint of pipelines/serverless.py
+    python -m pipelines.endpoint --target serverless chat     # the serverless endpoint of pipelines/azure/serverless.py
 
 Local: deploy_endpoint records the endpoint in ``$CHATFT_HOME/endpoints/<name>/endpoint.json`` (CHATFT_HOME
 defaults to outputs/); requests go to its stable URL, the router, which follows the traffic map through every
@@ -192,7 +192,7 @@ def teardown_local(home: Path, name: str | None, delete_model: bool) -> int:
 def azure_client(ml_client=None):
     if ml_client is not None:
         return ml_client
-    from pipelines.azure_backend import WorkspaceConfigError, workspace_client
+    from pipelines.azure.client import WorkspaceConfigError, workspace_client
 
     try:
         return workspace_client()
@@ -243,12 +243,12 @@ def teardown_azure(name: str, delete_model: bool, ml_client=None) -> int:
     return 0
 
 
-# ---- serverless (pipelines/serverless.py) ------------------------------------------------------------------------
+# ---- serverless (pipelines/azure/serverless.py) -----------------------------------------------------------------
 SERVERLESS_URL_ENV, SERVERLESS_KEY_ENV = "CHATFT_SERVERLESS_URL", "CHATFT_SERVERLESS_KEY"
 
 
 def serverless_preset():
-    from pipelines.serverless import SERVERLESS_PRESET, serverless_settings
+    from pipelines.azure.serverless import SERVERLESS_PRESET, serverless_settings
 
     settings = load_settings(PROJECT_ROOT / SERVERLESS_PRESET)
     return settings, serverless_settings(settings)
@@ -268,7 +268,7 @@ def serverless_connection(name: str, ml_client=None) -> dict:
 
 def generate_openai(connection: dict, messages: list[dict], parameters: dict) -> str:
     """The OpenAI chat-completions shape serverless endpoints take; max_new_tokens is their max_tokens."""
-    from pipelines.serverless import ServerlessError, chat_completions
+    from pipelines.azure.serverless import ServerlessError, chat_completions
 
     body = {"messages": messages, **{k: v for k, v in parameters.items() if k != "max_new_tokens"}}
     if "max_new_tokens" in parameters:
@@ -289,7 +289,7 @@ def status_serverless(name: str, ml_client=None) -> int:
 
 
 def main_serverless(args: argparse.Namespace, ml_client=None) -> int:
-    from pipelines.serverless import teardown
+    from pipelines.azure.serverless import teardown
 
     settings, options = serverless_preset()
     name = args.name or options.endpoint_name

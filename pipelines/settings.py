@@ -57,7 +57,7 @@ class RunSettings:
     # Per-step component inputs, keyed by component name (e.g. steps.finetune.learning_rate).
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     azure: AzureSettings = field(default_factory=AzureSettings)
-    # The serverless (Model-as-a-Service) preset's own section, checked by pipelines/serverless.py.
+    # The serverless (Model-as-a-Service) preset's own section, checked by pipelines/azure/serverless.py.
     serverless: dict[str, Any] | None = None
     source: str = "<defaults>"
 

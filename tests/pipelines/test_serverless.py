@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import serverless
+from pipelines.azure import serverless
 from pipelines.settings import PROJECT_ROOT, SettingsError, load_settings
 from tests.helpers.chat_data import make_conversations, write_jsonl
 from tests.helpers.serverless_routes import ServerlessRoutes, marketplace_subscription, serverless_endpoint

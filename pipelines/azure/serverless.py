@@ -1,9 +1,12 @@
 """The serverless (Model-as-a-Service) path: the service fine-tunes a catalog model on its own compute.
 
-    python -m pipelines.serverless submit --dry-run   # job YAML (reloaded by the SDK) + plan of calls; no network
-    python -m pipelines.serverless submit             # preflight, upload, fine-tune, track, gate, deploy, smoke-test
-    python -m pipelines.serverless preflight          # region, marketplace subscription, cost; no GPU quota needed
-    python -m pipelines.serverless teardown [--delete-subscription]
+    python -m pipelines.azure.serverless submit --dry-run  # job YAML (reloaded by the SDK) + plan of calls; no network
+    python -m pipelines.azure.serverless submit            # preflight, upload, fine-tune, track, gate, deploy, smoke
+    python -m pipelines.azure.serverless preflight         # region, marketplace subscription, cost; no GPU quota
+    python -m pipelines.azure.serverless teardown [--delete-subscription]
+
+Exit codes: those of pipelines/azure/cli.py (2 bad settings or data, 3 preflight refused, 4 the job ended Failed or
+Canceled), and 5 the quality gate failed on what the service reported, 6 the endpoint failed to deploy or answer.
 
 A submission, in order (nothing is created before step 3):
   1. data: the same prep_data and validate_chat_jsonl components as the pipeline, run locally by the local backend;
@@ -31,17 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.azure_backend import (
-    EXIT_INVALID,
-    EXIT_PREFLIGHT,
-    FINGERPRINT_TAG,
-    VERSION_DIGITS,
-    SubmissionError,
-    WorkspaceConfigError,
-    data_fingerprint,
-    get_or_none,
-    workspace_client,
-)
+from pipelines.azure.assets import get_or_none
+from pipelines.azure.cli import EXIT_INVALID, EXIT_PREFLIGHT, EXIT_RUN_FAILED
+from pipelines.azure.client import WorkspaceConfigError, workspace_client
+from pipelines.azure.plan import FINGERPRINT_TAG, VERSION_DIGITS, SubmissionError, data_fingerprint
 from pipelines.settings import PROJECT_ROOT, RunSettings, SettingsError, load_settings, project_path
 
 SERVERLESS_PRESET = "pipelines/config/serverless.yaml"
@@ -72,7 +68,8 @@ SMOKE_REQUEST = {
     "temperature": 0.7,
     "max_tokens": 128,
 }
-EXIT_JOB_FAILED, EXIT_GATE = 1, 4
+# Exit codes (module docstring): a failed job is cli's EXIT_RUN_FAILED; a failed gate and a failed deployment are ours.
+EXIT_JOB_FAILED, EXIT_GATE, EXIT_DEPLOY = EXIT_RUN_FAILED, 5, 6
 
 
 class ServerlessError(RuntimeError):
@@ -873,7 +870,7 @@ def submit_plan(
         answer = smoke_test(ml_client, plan.serverless.endpoint_name)
     except ServerlessError as err:
         print(f"Deployment failed: {err}", file=sys.stderr)
-        return EXIT_JOB_FAILED
+        return EXIT_DEPLOY
     print(f"Endpoint {plan.serverless.endpoint_name}: {endpoint.scoring_uri}")
     print(f"Smoke test ({SMOKE_REQUEST['messages'][0]['content']!r}): {answer[:200]}")
     print("Talk to it: make chat TARGET=serverless; delete it: make teardown TARGET=serverless (it bills hourly).")
