@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines import sdk_private
 from pipelines.azure.assets import get_or_none
 from pipelines.azure.cli import EXIT_INVALID, EXIT_PREFLIGHT, EXIT_RUN_FAILED
 from pipelines.azure.client import WorkspaceConfigError, workspace_client
@@ -725,7 +726,8 @@ def fine_tuned_model_id(ml_client, job) -> str:
     if not name:
         raise ServerlessError(f"job {job.name} ended without a registered_model output; see {job.studio_url}")
     workspace = ml_client.workspaces.get(ml_client.workspace_name)
-    return f"azureml://locations/{workspace.location}/workspaces/{workspace._workspace_id}/models/{name}/versions/1"
+    guid = sdk_private.workspace_guid(workspace)
+    return f"azureml://locations/{workspace.location}/workspaces/{guid}/models/{name}/versions/1"
 
 
 def deploy(ml_client, plan: Plan, model_id: str) -> Any:
@@ -883,7 +885,7 @@ def registry_client_for(settings: RunSettings, ml_client):
     from azure.ai.ml import MLClient
 
     registry, _, _ = base_model_version(settings.base_model)
-    return MLClient(ml_client._credential, registry_name=registry)
+    return MLClient(sdk_private.client_credential(ml_client), registry_name=registry)
 
 
 def teardown(settings: RunSettings, delete_subscription: bool, ml_client=None, name: str | None = None) -> int:
