@@ -57,6 +57,8 @@ class RunSettings:
     # Per-step component inputs, keyed by component name (e.g. steps.finetune.learning_rate).
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     azure: AzureSettings = field(default_factory=AzureSettings)
+    # The serverless (Model-as-a-Service) preset's own section, checked by pipelines/azure/serverless.py.
+    serverless: dict[str, Any] | None = None
     source: str = "<defaults>"
 
     def step(self, component: str) -> dict[str, Any]:
@@ -98,6 +100,7 @@ def load_settings(path: str | Path, overrides: list[str] | None = None) -> RunSe
         raw_data=raw.get("raw_data"),
         steps=steps,
         azure=_azure_settings(raw.get("azure"), path),
+        serverless=raw.get("serverless"),
         source=str(path),
     )
 
