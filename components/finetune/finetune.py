@@ -195,7 +195,9 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # Elsewhere TRL's own path is the right one: GPUs (its compact kernel), DDP (the wrapper's forward must
             # run to sync gradients), MoE aux losses, and callers that want the logits.
-            single_cpu = self.args.device.type == "cpu" and self.accelerator.num_processes == 1
+            # (One process can still be DDP-wrapped: Azure ML sets RANK/WORLD_SIZE=1 for a one-process pytorch job.)
+            wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+            single_cpu = self.args.device.type == "cpu" and self.accelerator.num_processes == 1 and not wrapped
             if not single_cpu or return_outputs or self.aux_loss_enabled:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             mode = "train" if self.model.training else "eval"
@@ -272,6 +274,10 @@ def build_trainer(args: argparse.Namespace):
         activation_checkpointing=device == "cuda",
         use_cpu=device == "cpu",  # else bf16 on CPU is refused
         dataloader_pin_memory=device == "cuda",
+        # Several processes (distribution: pytorch; accelerate picks gloo on CPU, NCCL on GPUs): the loss is
+        # token-weighted over the whole global batch (labelled tokens counted across ranks), so 2 processes × 4
+        # accumulation steps train as 1 × 8 do (tests/components/test_finetune_distributed.py).
+        average_tokens_across_devices=True,
         # Bookkeeping: log every step, checkpoint every save_steps (keep two), validate every eval_steps.
         logging_steps=1,
         save_strategy="steps",
@@ -437,6 +443,7 @@ def main(args: argparse.Namespace) -> dict:
 
     import mlflow
 
+    from chatft.model_families import apply_stop_tokens
     from chatft.model_source import load_tokenizer
 
     started = time.perf_counter()
@@ -484,6 +491,7 @@ def main(args: argparse.Namespace) -> dict:
         tokenizer = load_tokenizer(args.base_model)
         tokenizer.save_pretrained(adapter)
         model = _merge(args, trainer)
+        apply_stop_tokens(model, tokenizer)  # generation stops at the end of a turn (<|end|> for Phi), not past it
         model.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
 
