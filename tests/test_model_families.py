@@ -172,3 +172,20 @@ def test_apply_stop_tokens_adds_the_end_of_turn_a_base_generation_config_lacks(f
     ids = apply_stop_tokens(model, tokenizer)
     assert tokenizer.convert_tokens_to_ids("<|end|>") in ids and model.generation_config.eos_token_id == ids
     assert set(tokenizer.convert_tokens_to_ids(list(family.stop_tokens))) <= set(ids)
+
+
+@pytest.mark.parametrize(
+    "preset, family",
+    [("azure.yaml", "phi-3-mini-4k"), ("azure-phi35.yaml", "phi-3.5-mini"), ("azure-phi4mini.yaml", "phi-4-mini")],
+)
+def test_each_family_has_an_azure_preset_pinned_to_its_registry_version(preset, family):
+    from pipelines.finetune_pipeline import build_pipeline
+    from pipelines.settings import load_settings
+
+    settings = load_settings(REPO / "pipelines" / "config" / preset)
+    assert settings.base_model == FAMILIES[family].registry_uri
+    assert family_for_registry_uri(settings.base_model) is FAMILIES[family]
+    assert settings.base_model_name == FAMILIES[family].registry_model
+    job = build_pipeline(settings)
+    assert job._validate().passed
+    assert job.inputs["base_model"]._data.path == FAMILIES[family].registry_uri
