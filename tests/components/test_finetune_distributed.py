@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 COMPONENT_DIR = REPO / "components" / "finetune"
 finetune = load_script("component_finetune_distributed", COMPONENT_DIR / "finetune.py")
 
-pytestmark = pytest.mark.slow  # real multi-process training: ~20-40 s per run on 2 cores
 
 # 4 optimizer steps of 8 packed 128-token rows; a checkpoint every 2 steps (what the killed run resumes from).
 SAME = {
@@ -108,6 +107,7 @@ def two_processes(setup) -> Path:
     return train(setup, "two", processes=2)
 
 
+@pytest.mark.slow  # real multi-process training: ~20-40 s per run on 2 cores
 def test_one_process_times_8_trains_like_two_processes_times_4(setup, two_processes):
     one = train(setup, "one", processes=1)
     metrics = {
@@ -128,6 +128,7 @@ def test_one_process_times_8_trains_like_two_processes_times_4(setup, two_proces
     assert_same_adapter(trained, adapter(two_processes))
 
 
+@pytest.mark.slow
 def test_two_processes_killed_after_a_checkpoint_resume_and_end_like_an_uninterrupted_run(setup, two_processes):
     model, root, env = setup
     out = root / "killed"
@@ -155,3 +156,36 @@ def test_two_processes_killed_after_a_checkpoint_resume_and_end_like_an_uninterr
     for step, loss in losses(out).items():
         assert loss == pytest.approx(straight[step], rel=1e-5), step
     assert_same_adapter(adapter(out), adapter(two_processes))
+
+
+def test_distributed_strategies_map_to_deepspeed_zero_or_fsdp_and_are_refused_on_a_cpu(monkeypatch):
+    import importlib.util
+
+    assert finetune.strategy_config("ddp", "cpu") == {} == finetune.strategy_config("ddp", "cuda")
+    for strategy in ("deepspeed_zero2", "deepspeed_zero3", "fsdp"):
+        with pytest.raises(finetune.ConfigError, match=f"distributed_strategy={strategy} needs CUDA GPUs"):
+            finetune.strategy_config(strategy, "cpu")
+    fsdp = finetune.strategy_config("fsdp", "cuda")
+    assert fsdp["fsdp"] is True and fsdp["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"
+    assert fsdp["activation_checkpointing"] is False and fsdp["fsdp_config"]["activation_checkpointing"] is True
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a)
+    )
+    with pytest.raises(finetune.ConfigError, match="needs the deepspeed package"):
+        finetune.strategy_config("deepspeed_zero2", "cuda")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real_find_spec(name, *a)
+    )
+    zero2 = finetune.strategy_config("deepspeed_zero2", "cuda")["deepspeed"]
+    zero3 = finetune.strategy_config("deepspeed_zero3", "cuda")["deepspeed"]
+    assert (
+        zero2["zero_optimization"]["stage"] == 2
+        and "stage3_gather_16bit_weights_on_model_save" not in zero2["zero_optimization"]
+    )
+    assert (
+        zero3["zero_optimization"]["stage"] == 3
+        and zero3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    )
+    assert zero2["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills it from per_device_train_batch_size
