@@ -85,6 +85,7 @@ def test_dry_run_writes_valid_yaml_with_the_distribution_block(tmp_path, capsys)
     assert tuned["distribution"] == {"type": "pytorch", "process_count_per_instance": 4}
     assert tuned["resources"] == {"instance_count": 2, "shm_size": "16g"}
     assert tuned["compute"] == "azureml:gpu-a100x4" and tuned["environment_variables"]["NCCL_IB_DISABLE"] == "1"
+    assert "compute      finetune on gpu-a100x4, 2 node(s)" in printed
     reloaded = load_job(tmp_path / "azure" / "pipeline_job.yml")
     assert reloaded._validate().passed and reloaded.jobs["tuned"].resources.instance_count == 2
 
