@@ -265,7 +265,9 @@ def worker(args: argparse.Namespace) -> None:
         "device": torch.cuda.get_device_name(trainer.args.device) if cuda else platform.processor() or "cpu",
         "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
         "attention": model.config._attn_implementation,
-        "activation_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "activation_checkpointing": bool(
+            getattr(trainer.args, "activation_checkpointing", False) or trainer.args.gradient_checkpointing
+        ),
         "model": model_shape(trainer),
         "steps": steps,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,

@@ -261,6 +261,8 @@ class LocalBackend:
             "command": component.command,
             "inputs": input_hashes,
         }
+        if distributed_layout(node) != (1, 1):  # nodes x processes change the global batch, so the result
+            key_material["processes"] = list(distributed_layout(node))
         key = hashlib.sha256(json.dumps(key_material, sort_keys=True).encode()).hexdigest()
         step_dir = self.output_root / "steps" / f"{component.name}-{key[:16]}"
         outputs = {port: step_dir / port for port in component.outputs}
