@@ -116,3 +116,14 @@ def azure_sim(monkeypatch):
     sim.route_storage(monkeypatch)
     yield sim
     assert not sim.unexpected, f"requests the simulation did not expect: {[str(r) for r in sim.unexpected]}"
+
+
+@pytest.fixture(scope="session")
+def azureml_tracking(tmp_path_factory):
+    """A simulation of Azure ML's MLflow tracking service, shared by the session (it takes seconds to start): a real
+    ``mlflow server`` on loopback behind a proxy that answers 404 to the routes Azure ML does not serve
+    (tests/helpers/azureml_tracking_proxy.py). Yields a ``TrackingProxy``: ``.uri`` and the ``.requests`` it saw."""
+    from tests.helpers.azureml_tracking_proxy import azureml_like_tracking
+
+    with azureml_like_tracking(tmp_path_factory.mktemp("azureml_tracking")) as proxy:
+        yield proxy
