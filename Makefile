@@ -88,7 +88,7 @@ format: install ## Format with ruff
 # Azure targets take DRY_RUN=1 (no network), DATA=path (local chat JSONL instead of the preset's dataset), ARGS=...
 AZURE_FLAGS = $(if $(DRY_RUN),--dry-run) $(if $(DATA),--data "$(DATA)")
 
-submit: install ## Preflight, register what changed, submit to Azure ML and stream (DRY_RUN=1: YAML + plan only)
+submit: install ## Preflight, register what changed, submit to Azure ML, follow the run (DRY_RUN=1: YAML + plan only)
 	$(PY) -m pipelines.run --backend azure --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
 
 preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline)

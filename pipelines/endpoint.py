@@ -184,7 +184,7 @@ def teardown_local(home: Path, name: str | None, delete_model: bool) -> int:
 def azure_client(ml_client=None):
     if ml_client is not None:
         return ml_client
-    from pipelines.azure_backend import WorkspaceConfigError, workspace_client
+    from pipelines.azure.client import WorkspaceConfigError, workspace_client
 
     try:
         return workspace_client()

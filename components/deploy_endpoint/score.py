@@ -328,8 +328,10 @@ class ChatGenerator:
         self.model_dir = find_model_dir(model_path)
         self.max_time_s = max_time_s
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        # fp32 on CPU (bf16 is slower there without AMX); on GPU bf16 where supported, else fp16 (V100).
-        dtype = "fp32" if self.device == "cpu" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        # fp32 on CPU (bf16 is slower there without AMX); on GPU bf16 where the hardware has it (A100, H100), else
+        # fp16 (the endpoint's T4): torch counts emulated bf16 as supported unless told not to, and emulated is slow.
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        dtype = "fp32" if self.device == "cpu" else "bf16" if native_bf16 else "fp16"
         self.tokenizer = load_tokenizer(self.model_dir)
         # Fast tokenizers raise "Already borrowed" when two threads use one at once; request threads encode.
         self._tokenizer_lock = threading.Lock()

@@ -234,7 +234,8 @@ def _render(value: Any, cluster: dict[str, Any]) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("symbol", "entry"), [("gpuCluster", "gpu_cluster"), ("gpuClusterX4", "gpu_cluster_x4"), ("cpuCluster", "cpu_cluster")]
+    ("symbol", "entry"),
+    [("gpuCluster", "gpu_cluster"), ("gpuClusterX4", "gpu_cluster_x4"), ("cpuCluster", "cpu_cluster")],
 )
 def test_clusters_are_sized_by_compute_json(parsed, symbol, entry):
     compute_var = parsed["main.bicep"]["variables"]["compute"]["value"]["function"]
