@@ -27,10 +27,9 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 WORKSPACE_ID = "/subscriptions/0000/resourceGroups/rg-test/providers/Microsoft.MachineLearningServices/workspaces/ws"
 
-# Sizes as the size listing returns them in a region that offers them all (vCPUs and GPUs are the published ones).
+# Sizes as the size listing returns them in a region that offers all three (vCPUs are the published ones).
 VM_SIZES = {
     "Standard_NC24ads_A100_v4": ("standardNCADSA100v4Family", 24, 1),
-    "Standard_NC96ads_A100_v4": ("standardNCADSA100v4Family", 96, 4),
     "Standard_D4s_v3": ("standardDSv3Family", 4, 0),
     "Standard_NC8as_T4_v3": ("standardNCASv3_T4Family", 8, 1),
 }

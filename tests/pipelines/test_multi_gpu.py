@@ -10,10 +10,9 @@ import pytest
 import yaml
 
 from pipelines import preflight
-from pipelines.azure_backend import SubmitOptions
+from pipelines.azure.cli import SubmitOptions
 from pipelines.finetune_pipeline import DISTRIBUTED_ENV, build_pipeline
 from pipelines.settings import PROJECT_ROOT, SettingsError, load_compute, load_settings
-from tests.helpers.fake_azure import AMPLE_QUOTA, FakeMLClient
 
 CONFIG = PROJECT_ROOT / "pipelines" / "config"
 # preset → (nodes, GPUs per node)
@@ -90,18 +89,34 @@ def test_dry_run_writes_valid_yaml_with_the_distribution_block(tmp_path, capsys)
     assert reloaded._validate().passed and reloaded.jobs["tuned"].resources.instance_count == 2
 
 
-def test_preflight_counts_every_node_of_a_two_node_run_against_the_gpu_family():
+def _set_family_limit(sim, label: str, limit: int) -> None:
+    """The subscription-level usage entry of a VM family (or the regional total) in the REST simulation."""
+    name = (
+        "Total Cluster Dedicated Regional vCPUs"
+        if label == "total"
+        else f"Standard {label} Family Cluster Dedicated vCPUs"
+    )
+    for entry in sim.usages:
+        if entry["name"]["value"] == name and "/workspaces/" not in entry["id"]:
+            entry["limit"], entry["currentValue"] = limit, 0
+
+
+def test_preflight_counts_every_node_of_a_two_node_run_against_the_gpu_family(azure_sim):
     settings = load_settings(CONFIG / "azure-2node.yaml")
-    report = preflight.run_preflight(settings, ml_client=FakeMLClient(quota=AMPLE_QUOTA))
+    _set_family_limit(azure_sim, "NCADSA100v4", 48)
+    _set_family_limit(azure_sim, "total", 1000)
+    report = preflight.run_preflight(settings, ml_client=azure_sim.client())
     row = next(r for r in report.quota if r.family == "standardNCADSA100v4Family")
-    # evaluation's 1 x NC24ads (24 vCPUs) + finetune's 2 x NC96ads (96 vCPUs each)
+    # evaluation's 1 x NC24ads (24 vCPUs) + finetune's 2 x NC96ads (96 vCPUs each, from the size listing)
     assert row.need == 24 + 2 * 96
     assert "finetune on cluster gpu-a100x4: 2 node(s) x 4 GPUs = 8 GPUs: 2 x Standard_NC96ads_A100_v4 (96 vCPUs)" in (
         row.purposes
     )
-    assert not report.ok and row.status == "short by 168"  # the fake's 48 vCPUs of the family
-    enough = FakeMLClient(quota=AMPLE_QUOTA | {"standardNCADSA100v4Family": (216, 0), "TotalDedicatedCores": (300, 0)})
-    assert preflight.run_preflight(settings, ml_client=enough).ok
+    assert not report.ok and row.status == "short by 168"
+    _set_family_limit(azure_sim, "NCADSA100v4", 216)
+    assert next(
+        r for r in preflight.run_preflight(settings, ml_client=azure_sim.client()).quota if r.family == row.family
+    ).ok
 
 
 def test_cost_scales_with_the_node_count(tmp_path):
