@@ -86,7 +86,7 @@ def test_azure_first_deploy_creates_blue_smoke_tests_it_then_routes_to_it(deploy
     assert deployment["instance_type"] == compute["instance_type"] == "Standard_NC8as_T4_v3"
     assert deployment["instance_count"] == compute["instance_count"] == 1
     assert deployment["model"] == "azureml:chat-ft:3" and deployment["tags"] == {"model": "chat-ft:3"}
-    assert deployment["environment"] == "azureml:chatft-inference:1"
+    assert deployment["environment"] == "azureml:chatft-inference:2"
     assert deployment["code_configuration"]["scoring_script"] == "score.py"
     assert {"score.py", "serving.json", "chatft/model_source.py"} <= set(deployment["_uploaded_files"])
     assert not {"deploy_endpoint.py", "serve_local.py", "component.yml"} & set(deployment["_uploaded_files"])
@@ -223,8 +223,29 @@ def test_azure_serving_settings_reach_the_deployment(deploy, tmp_path):
     assert limits.max_concurrent_requests_per_instance == serving["max_concurrent_requests_per_instance"]
     assert limits.request_timeout_ms == serving["request_timeout_ms"]
     # The same worker/thread variables as the local server gets, so both serve alike.
-    assert deployment.environment_variables == serve_local.server_environment(serving)
+    assert deployment.environment_variables == {
+        **serve_local.server_environment(serving),
+        "APP_INSIGHTS_LOG_RESPONSE_ENABLED": "false",  # else the server's App Insights hook buffers every stream
+    }
     assert deployment.environment_variables["WORKER_COUNT"] == str(serving["worker_count"])
+
+
+def test_azure_deployment_collects_inputs_outputs_and_enables_app_insights(deploy, tmp_path):
+    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+    assert deployment.app_insights_enabled is True
+    collector = deployment.data_collector
+    assert collector.sampling_rate == 1.0
+    assert {name: c.enabled for name, c in collector.collections.items()} == {
+        "model_inputs": "true",
+        "model_outputs": "true",
+    }
+    # What goes over the wire (the SDK's own serializer): the names score.py's Collector(name=...) writes to.
+    rest = deployment._to_rest_object(location="westeurope").properties
+    assert rest.app_insights_enabled is True
+    modes = {name: c.data_collection_mode.lower() for name, c in rest.data_collector.collections.items()}
+    assert modes == {"model_inputs": "enabled", "model_outputs": "enabled"}
+    score = (COMPONENT / "score.py").read_text()
+    assert 'Collector(name="model_inputs"' in score and 'Collector(name="model_outputs"' in score
 
 
 def test_a_bad_serving_json_stops_the_deployment(deploy, tmp_path, monkeypatch):

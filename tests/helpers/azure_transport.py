@@ -236,10 +236,15 @@ class AzureRestSimulation(RequestsTransport):
 
             monkeypatch.setattr(cls, "__init__", init)
 
-    def add(self, kind: str, name: str, version: str | None = None, properties: dict | None = None) -> dict:
-        """A resource that exists before the test (registered by another run, or by hand)."""
+    def add(
+        self, kind: str, name: str, version: str | None = None, properties: dict | None = None, **envelope: Any
+    ) -> dict:
+        """A resource that exists before the test (registered by another run, or by hand). ``kind`` is the path
+        segment the SDK uses (``environments``, ``schedules``, ``onlineEndpoints/<endpoint>/deployments`` ...);
+        ``envelope`` sets top-level fields beside ``properties`` (``sku``, ``location``, ``tags``)."""
         path = f"{WORKSPACE_ID}/{kind}/{name}" + (f"/versions/{version}" if version else "")
-        return self._store(path, kind, {"properties": properties or {}})
+        kind = kind.rsplit("/", 1)[-1]
+        return self._store(path, kind, {"properties": properties or {}, **envelope})
 
     def sequence(self) -> list[str]:
         """``METHOD path`` of every request, in order."""
@@ -305,6 +310,11 @@ class AzureRestSimulation(RequestsTransport):
         self._route("POST", rf"{versioned}/startPendingUpload", self._start_pending_upload)
         self._route("GET", rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)", self._get_job)
         self._route("PUT", rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)", self._put_job)
+        deployments = rf"{ws}/onlineEndpoints/(?P<endpoint>[^/]+)/(?P<kind>deployments)"
+        self._route("GET", deployments, self._list)
+        self._route("GET", rf"{deployments}/(?P<name>[^/]+)", self._get)
+        self._route("PUT", rf"{deployments}/(?P<name>[^/]+)", self._put)
+        self._route("DELETE", rf"{deployments}/(?P<name>[^/]+)", self._delete)
         named = rf"{ws}/(?P<kind>schedules|onlineEndpoints)/(?P<name>[^/]+)"
         self._route("GET", named, self._get)
         self._route("PUT", named, self._put)
@@ -371,7 +381,8 @@ class AzureRestSimulation(RequestsTransport):
         return Reply(200, stored) if stored else self._not_found(record)
 
     def _list(self, record: Recorded, match: re.Match) -> Reply:
-        """The versions stored under a name (the SDK asks codes for one with a given content hash this way)."""
+        """The versions stored under a name (the SDK asks codes for one with a given content hash this way), or an
+        endpoint's deployments."""
         prefix = urllib.parse.urlsplit(record.url).path.lower() + "/"
         found = [body for path, body in self.resources.items() if path.startswith(prefix)]
         if "hash" in record.query:

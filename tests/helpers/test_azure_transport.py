@@ -52,3 +52,27 @@ def test_a_request_without_a_route_fails_loudly_and_is_kept(azure_sim):
         azure_sim.client().batch_endpoints.get("b")
     assert [str(r) for r in azure_sim.unexpected] == ["GET {ws}/batchEndpoints/b"]
     azure_sim.unexpected.clear()  # expected here: the fixture fails any other test that leaves one
+
+
+def test_an_endpoints_deployments_are_listed_read_and_deleted_through_the_sdk(azure_sim):
+    from azure.core.exceptions import ResourceNotFoundError
+
+    azure_sim.add("onlineEndpoints", "chat-ft", properties={"authMode": "Key", "traffic": {"blue": 100}})
+    azure_sim.add(
+        "onlineEndpoints/chat-ft/deployments",
+        "blue",
+        properties={
+            "endpointComputeType": "Managed",
+            "model": "azureml:chat-ft:3",
+            "instanceType": "Standard_NC8as_T4_v3",
+            "scaleSettings": {"scaleType": "Default"},
+        },
+        sku={"name": "Default", "tier": "Standard", "capacity": 1},  # as the ManagedOnlineDeployment examples show
+        location="eastus2",
+    )
+    ml_client = azure_sim.client()
+    (listed,) = ml_client.online_deployments.list(endpoint_name="chat-ft")
+    assert (listed.name, listed.instance_type) == ("blue", "Standard_NC8as_T4_v3")
+    ml_client.online_deployments.begin_delete(name="blue", endpoint_name="chat-ft").result()
+    with pytest.raises(ResourceNotFoundError):
+        ml_client.online_deployments.get(name="blue", endpoint_name="chat-ft")

@@ -54,6 +54,10 @@ def test_need_and_availability_come_from_the_rest_payloads_per_family_and_in_tot
     assert "1 x Standard_NC24ads_A100_v4 (24 vCPUs)" in by_family[A100].purposes[0]
     paths = [r.path for r in azure_sim.requests]
     assert paths[0] == "{ws}" and any(p.endswith("/locations/eastus2/vmSizes") for p in paths)
+    # What make preflight prints from the same payloads.
+    text = preflight.run_preflight(settings, ml_client=azure_sim.client()).text.splitlines()
+    assert f"    {T4:<34} {32:>6} {56:>10} {64:>7}  ok" in text
+    assert f"    {'total dedicated regional vCPUs':<34} {64:>6} {90:>10} {100:>7}  ok" in text
 
 
 def test_a_family_with_zero_quota_blocks_and_one_the_service_does_not_report_is_said(settings, azure_sim):
