@@ -55,7 +55,7 @@ def test_environment_loads_with_a_name_version_and_pinned_image(environment):
     assert isinstance(environment, Environment)
     folder = Path(environment.base_path).name
     assert environment.name == EXPECTED_NAMES[folder]
-    assert environment.version == "1"
+    assert environment.version == {"inference": "2"}.get(folder, "1")  # inference 2: + content safety client
     assert PINNED_IMAGE.match(environment.image), environment.image
     assert not environment.image.endswith(":latest")
     assert environment.conda_file, "conda.yml did not load"

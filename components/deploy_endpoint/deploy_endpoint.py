@@ -58,7 +58,7 @@ SPEC = HERE / "component.yml"
 SCORE_SCRIPT = "score.py"
 # Server settings (workers, threads, batching, Azure's concurrency and timeout per request), checked by score.py.
 SERVING_FILE = "serving.json"
-INFERENCE_ENVIRONMENT = "azureml:chatft-inference:1"
+INFERENCE_ENVIRONMENT = "azureml:chatft-inference:2"
 SLOTS = ("blue", "green")
 # Azure ML's rule for endpoint names; locally it also keeps the name safe as a folder name.
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")

@@ -128,7 +128,7 @@ def load_serving_settings(path: str | os.PathLike = SERVING_FILE) -> dict[str, A
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of settings")
-    unknown = sorted(set(raw) - set(SERVING_KEYS) - {"_notes"})
+    unknown = sorted(set(raw) - set(SERVING_KEYS) - {"_notes", "content_safety"})  # content_safety.py checks its own
     missing = sorted(set(SERVING_KEYS) - set(raw))
     if unknown or missing:
         raise ValueError(f"{path}: unknown key(s) {unknown or '-'}, missing key(s) {missing or '-'}")
@@ -490,16 +490,20 @@ class MicroBatcher:
 _settings: dict[str, Any] = {}
 _generator: ChatGenerator | None = None
 _batcher: MicroBatcher | None = None
+_guard = None  # chatft.content_safety.Guard: screens prompt and answer when CONTENT_SAFETY_ENDPOINT is set
 
 
 def init() -> None:
-    global _settings, _generator, _batcher
+    global _settings, _generator, _batcher, _guard
     # chatft ships beside this file (the component snapshot, or the deployment's code folder), but the server
     # puts only its app root on sys.path, which on Azure ML is the code folder's parent.
     here = str(Path(__file__).resolve().parent)
     if here not in sys.path:
         sys.path.insert(0, here)
     _settings = load_serving_settings()
+    from chatft.content_safety import Guard
+
+    _guard = Guard.from_environment(SERVING_FILE)
     _generator = ChatGenerator(os.environ["AZUREML_MODEL_DIR"], max_time_s=_settings["generation_timeout_s"])
     _generator.reply([{"role": "user", "content": "Hi"}], {**_default_parameters(), "max_new_tokens": 1})  # warm-up
     _batcher = MicroBatcher(_generator, _settings["max_batch_size"], _settings["batch_wait_ms"])
@@ -556,10 +560,17 @@ def run(request):
 
     try:
         shape, messages, params, model = parse_any(_read_body(request, _settings["max_body_bytes"]))
-        completion = _batcher.submit(_generator.encode(messages, params), params)
+        screened = _guard.check_prompt(messages)  # content safety: a blocked prompt gets 400, an outage maybe 503
+        if screened.status is None:
+            completion = _batcher.submit(_generator.encode(messages, params), params)
+            screened = _guard.check_answer(completion.text)  # a blocked answer is replaced by the refusal
     except RequestError as err:
         return AMLResponse({"message": str(err)}, err.status, json_str=True)
+    if screened.status is not None:
+        return AMLResponse({"message": screened.message}, screened.status, screened.headers, json_str=True)
+    completion.text = screened.text
     body = {"output": completion.text} if shape == SEED else _chat_completion(completion, model)
+    body = _guard.mark_filtered(body, screened)
     headers = {
         "x-chatft-generate-ms": f"{completion.generate_ms:.1f}",
         "x-chatft-queue-ms": f"{completion.queue_ms:.1f}",
@@ -567,5 +578,6 @@ def run(request):
         "x-chatft-prompt-tokens": str(completion.prompt_tokens),
         "x-chatft-completion-tokens": str(completion.completion_tokens),
         "x-chatft-finish-reason": completion.finish_reason,
+        **screened.headers,
     }
     return AMLResponse(body, 200, headers, json_str=True)

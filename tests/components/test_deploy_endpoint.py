@@ -86,7 +86,7 @@ def test_azure_first_deploy_creates_blue_smoke_tests_it_then_routes_to_it(deploy
     assert deployment["instance_type"] == compute["instance_type"] == "Standard_NC6s_v3"
     assert deployment["instance_count"] == compute["instance_count"] == 1
     assert deployment["model"] == "azureml:chat-ft:3" and deployment["tags"] == {"model": "chat-ft:3"}
-    assert deployment["environment"] == "azureml:chatft-inference:1"
+    assert deployment["environment"] == "azureml:chatft-inference:2"
     assert deployment["code_configuration"]["scoring_script"] == "score.py"
     assert {"score.py", "serving.json", "chatft/model_source.py"} <= set(deployment["_uploaded_files"])
     assert not {"deploy_endpoint.py", "serve_local.py", "component.yml"} & set(deployment["_uploaded_files"])

@@ -19,7 +19,7 @@ from tests.helpers.fake_azure import FakeMLClient
 
 AZURE = PROJECT_ROOT / "pipelines/config/azure.yaml"
 COMPONENTS = ["prep_data", "validate_chat_jsonl", "finetune", "evaluate", "register_model", "deploy_endpoint"]
-ENVIRONMENTS = ["chatft-cpu:1", "chatft-inference:1", "chatft-train:1"]
+ENVIRONMENTS = ["chatft-cpu:1", "chatft-inference:2", "chatft-train:1"]
 
 
 def submit(client, tmp_path, data: Path | None = None, dry_run: bool = False, **options) -> int:
