@@ -227,6 +227,31 @@ def test_azure_serving_settings_reach_the_deployment(deploy, tmp_path):
     assert deployment.environment_variables["WORKER_COUNT"] == str(serving["worker_count"])
 
 
+IDENTITY = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-x-compute"
+
+
+def test_content_safety_reaches_the_deployment_and_the_endpoint_runs_as_its_identity(deploy, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEFAULT_IDENTITY_CLIENT_ID", "client-id-of-the-compute-identity")
+    screening = {"endpoint": "https://cs-x.cognitiveservices.azure.com/", "identity": IDENTITY}
+    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path, screening)
+    assert deployment.environment_variables["CONTENT_SAFETY_ENDPOINT"] == screening["endpoint"]
+    assert deployment.environment_variables["CONTENT_SAFETY_CLIENT_ID"] == "client-id-of-the-compute-identity"
+    endpoint = deploy.build_endpoint("chat-ft", {"blue": 100}, IDENTITY)
+    assert endpoint.identity.type == "user_assigned"
+    assert endpoint.identity.user_assigned_identities[0].resource_id == IDENTITY
+    plain = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+    assert "CONTENT_SAFETY_ENDPOINT" not in plain.environment_variables
+    assert deploy.build_endpoint("chat-ft", {}).identity is None
+
+
+def test_content_safety_needs_azure_and_the_identity(deploy, tmp_path):
+    info = write_model_info(tmp_path / "info", MODEL_INFO)
+    argv = ["--model_info", str(info), "--endpoint_info", str(tmp_path / "out")]
+    args = deploy.parse_args([*argv, "--target", "azure", "--content_safety_endpoint", "https://cs.example/"])
+    with pytest.raises(deploy.DeployError, match="needs target=azure and endpoint_identity"):
+        deploy.main(args)
+
+
 def test_a_bad_serving_json_stops_the_deployment(deploy, tmp_path, monkeypatch):
     for name in ("score.py", "serve_local.py"):
         shutil.copy2(COMPONENT / name, tmp_path / name)
