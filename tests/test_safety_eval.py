@@ -96,11 +96,20 @@ def test_gate_checks_are_skipped_without_safety_metrics():
     assert [(c["name"], c["ran"]) for c in checks] == [("keeps_refusals", False), ("no_over_refusal", False)]
 
 
-def test_batched_greedy_answers_equal_unbatched(tiny_llama_dir):
+def test_batched_greedy_answers_equal_unbatched(tiny_llama_dir, monkeypatch):
     from chatft.model_source import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(tiny_llama_dir, "fp32").eval(), load_tokenizer(tiny_llama_dir)
+    import torch
+
+    # The random model answers newlines only; seeded noise on its weights makes it say varied things, and stopping
+    # at a token it never picks keeps every row going, so rows of different lengths share each batch.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    monkeypatch.setattr("chatft.model_source.stop_token_ids", lambda tokenizer, model: [tokenizer.pad_token_id])
     prompts = ["Hi", "How do I reset my router when the lights blink?", "Why?"]
     batched = safety_eval.generate(model, tokenizer, prompts, 8, batch_size=3)
     alone = [safety_eval.generate(model, tokenizer, [p], 8, batch_size=1)[0] for p in prompts]
-    assert batched == alone
+    assert batched == alone and all(batched)
