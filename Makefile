@@ -14,7 +14,7 @@ RESOURCE_GROUP ?= rg-chatft-dev
 INFRA_PARAMS ?= infra/main.dev.bicepparam
 QUESTION ?= My internet keeps dropping every evening. What should I check first?
 
-.PHONY: help install run chat ask stop status teardown validate test lint lint-infra infra infra-what-if format submit preflight schedule unschedule retrain mlflow-ui clean lock
+.PHONY: help install run chat ask stop status monitor teardown validate test lint lint-infra infra infra-what-if format submit preflight schedule unschedule retrain mlflow-ui clean lock
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -32,12 +32,13 @@ run: install ## Run the whole pipeline locally, then ask the deployed endpoint o
 	$(PY) -m pipelines.run --output-root $(OUTPUT_ROOT) $(ARGS)
 	$(PY) -m pipelines.endpoint ask "$(QUESTION)"
 
-# Endpoint targets take TARGET=azure for the Azure ML endpoint (URL and key: CHATFT_ENDPOINT_URL/_KEY or the workspace).
+# Endpoint targets take TARGET=azure for the Azure ML endpoint (URL and key: CHATFT_ENDPOINT_URL/_KEY or the workspace),
+# TARGET=serverless for the serverless one (CHATFT_SERVERLESS_URL/_KEY or the workspace; teardown DELETE_SUBSCRIPTION=1).
 TARGET ?= local
 ENDPOINT := $(PY) -m pipelines.endpoint --target $(TARGET)
 
-chat: install ## Chat with the deployed endpoint in the terminal (TARGET=azure: the Azure ML one)
-	$(ENDPOINT) chat
+chat: install ## Chat with the deployed endpoint, answers streamed as written (NO_STREAM=1: whole; TARGET=azure)
+	$(ENDPOINT) chat $(if $(NO_STREAM),--no-stream)
 
 ask: install ## Ask the deployed endpoint one question: make ask QUESTION="..." [TARGET=azure]
 	$(ENDPOINT) ask "$(QUESTION)"
@@ -45,11 +46,15 @@ ask: install ## Ask the deployed endpoint one question: make ask QUESTION="..." 
 stop: install ## Stop the local endpoint (its router and both slots)
 	$(ENDPOINT) stop
 
-status: install ## Show the endpoint: URL, deployments, traffic, health [TARGET=azure]
+status: install ## Show the endpoint: URL, deployments, traffic, health, recent requests [TARGET=azure]
 	$(ENDPOINT) status
 
+LAST ?= 200
+monitor: install ## Summarise the last LAST requests per local deployment: p50/p95 latency, tokens/s, error/block rate
+	$(ENDPOINT) monitor --last $(LAST)
+
 teardown: install ## Delete the endpoint and its deployments; DELETE_MODEL=1 also the registered model [TARGET=azure]
-	$(ENDPOINT) teardown $(if $(DELETE_MODEL),--delete-model)
+	$(ENDPOINT) teardown $(if $(DELETE_MODEL),--delete-model) $(if $(DELETE_SUBSCRIPTION),--delete-subscription)
 
 validate: install ## Check chat JSONL before a run: make validate DATA=file-or-folder [MODEL=model-folder MAX_SEQ_LENGTH=n]
 	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/file-or-folder [MODEL=model-folder MAX_SEQ_LENGTH=n]"; exit 2; }
@@ -88,11 +93,14 @@ format: install ## Format with ruff
 # Azure targets take DRY_RUN=1 (no network), DATA=path (local chat JSONL instead of the preset's dataset), ARGS=...
 AZURE_FLAGS = $(if $(DRY_RUN),--dry-run) $(if $(DATA),--data "$(DATA)")
 
-submit: install ## Preflight, register what changed, submit to Azure ML and stream (DRY_RUN=1: YAML + plan only)
-	$(PY) -m pipelines.run --backend azure --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
+# BACKEND=serverless: the service fine-tunes (Model-as-a-Service, pipelines/azure/serverless.py); default: the pipeline.
+BACKEND ?= azure
 
-preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline)
-	$(PY) -m pipelines.preflight $(AZURE_FLAGS) $(ARGS)
+submit: install ## Preflight, register what changed, submit to Azure ML, follow the run (DRY_RUN=1: YAML + plan only; BACKEND=serverless)
+	$(PY) -m pipelines.run --backend $(BACKEND) --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
+
+preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline; BACKEND=serverless)
+	$(PY) -m $(if $(filter serverless,$(BACKEND)),pipelines.azure.serverless preflight --output-root $(OUTPUT_ROOT),pipelines.preflight) $(AZURE_FLAGS) $(ARGS)
 
 schedule: install ## Create/update the Azure ML schedule of pipelines/config/azure.yaml (DRY_RUN=1: YAML only)
 	$(PY) -m pipelines.schedule create --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)

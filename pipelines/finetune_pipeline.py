@@ -32,6 +32,31 @@ WIRED_INPUTS = {
 }
 
 
+# What a multi-GPU finetune needs besides its processes (Azure ML sets MASTER_ADDR, RANK, ... itself).
+DISTRIBUTED_ENV = {
+    "NCCL_DEBUG": "WARN",  # NCCL's warnings and errors in the step's logs, not its start-up chatter
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # a rank that dies fails the collective instead of hanging the others
+    "NCCL_IB_DISABLE": "1",  # NC A100 v4 nodes have no InfiniBand (ND sizes do): use TCP at once, no probing
+}
+
+
+def place_finetune(node, settings: RunSettings, compute: dict[str, Any]) -> None:
+    """Put the finetune node on its cluster; with more than one GPU in all, as Azure ML's `distribution: pytorch`:
+    one process per GPU on each of ``nodes`` nodes, a larger /dev/shm, and the NCCL environment above."""
+    from azure.ai.ml import PyTorchDistribution
+    from azure.ai.ml.entities import JobResourceConfiguration
+
+    placement = settings.finetune_compute
+    cluster = compute[placement.cluster]
+    node.compute = cluster["name"]
+    per_node = int(cluster.get("gpus_per_node", 1))
+    if per_node * placement.nodes == 1:
+        return  # the component's own block: one process on one node
+    node.distribution = PyTorchDistribution(process_count_per_instance=per_node)
+    node.resources = JobResourceConfiguration(instance_count=placement.nodes, shm_size=placement.shm_size)
+    node.environment_variables = dict(DISTRIBUTED_ENV)
+
+
 def load_components() -> dict[str, Any]:
     from azure.ai.ml import load_component
 
@@ -55,23 +80,34 @@ def check_step_settings(settings: RunSettings, components: dict[str, Any]) -> No
                 )
 
 
-def _as_input(value: str | None):
-    """A path or asset URI as a uri_folder Input; local paths are made absolute from the project root."""
+def is_model_asset(value: str) -> bool:
+    """A registered model: ``azureml://registries/<r>/models/<name>/versions/<n>`` (or a workspace's
+    ``azureml://.../models/...``), or the short ``azureml:<name>:<version>`` form of the base model."""
+    return value.startswith("azureml:") and ("/models/" in value or "://" not in value)
+
+
+def _as_input(value: str | None, model: bool = False):
+    """A path or asset URI as an Input; local paths are made absolute from the project root. A model asset is an
+    ``mlflow_model`` input (the type of the registry's Phi-3 models), data and local folders are ``uri_folder``
+    (the local backend reads a folder either way; model_source finds the Hugging Face folder inside an MLflow one)."""
     from azure.ai.ml import Input
 
     if value is None:
         return None
+    if model and is_model_asset(value):
+        return Input(type="mlflow_model", path=value)
     if value.startswith("azureml:") or "://" in value:
         return Input(type="uri_folder", path=value)
     path = Path(value)
     return Input(type="uri_folder", path=str(path if path.is_absolute() else PROJECT_ROOT / path))
 
 
-def build_pipeline(settings: RunSettings, base_model_path: str | None = None):
-    """Build the PipelineJob. ``base_model_path`` replaces ``settings.base_model`` (e.g. a converted local model)."""
+def build_pipeline(settings: RunSettings, base_model_path: str | None = None, components: dict | None = None):
+    """Build the PipelineJob. ``base_model_path`` replaces ``settings.base_model`` (e.g. a converted local model);
+    ``components`` replaces the specs of components/ (e.g. the registered components, by name)."""
     from azure.ai.ml import dsl
 
-    components = load_components()
+    components = components or load_components()
     check_step_settings(settings, components)
     compute = load_compute()
     gpu, cpu = compute["gpu_cluster"]["name"], compute["cpu_cluster"]["name"]
@@ -113,7 +149,7 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None):
             validation_data=valid_validation.outputs.valid_data,
             **settings.step("finetune"),
         )
-        tuned.compute = gpu
+        place_finetune(tuned, settings, compute)  # the GPU cluster, or the preset's multi-GPU placement
         evaluation = evaluate(
             base_model=base_model,
             tuned_model=tuned.outputs.merged_model,
@@ -144,7 +180,7 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None):
         }
 
     job = chat_finetune(
-        base_model=_as_input(base_model_path or settings.base_model),
+        base_model=_as_input(base_model_path or settings.base_model, model=True),
         raw_data=_as_input(settings.raw_data),
     )
     job.experiment_name = settings.experiment_name

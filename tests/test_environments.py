@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "environments").glob("*/environment.yml"))
 REQUIREMENTS = ROOT / "requirements.txt"
 EXPECTED_NAMES = {"train": "chatft-train", "inference": "chatft-inference", "cpu": "chatft-cpu"}
+# inference 2: + azureml-ai-monitoring; 3: + azure-ai-contentsafety and azure-identity (content safety).
+EXPECTED_VERSIONS = {"train": "1", "inference": "3", "cpu": "1"}
 # A tag after the last "/" component, e.g. ":20260621.v1"; digests ("@sha256:...") are pinned too.
 PINNED_IMAGE = re.compile(r"^[\w.-]+(/[\w.-]+)+(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$")
 
@@ -55,7 +57,8 @@ def test_environment_loads_with_a_name_version_and_pinned_image(environment):
     assert isinstance(environment, Environment)
     folder = Path(environment.base_path).name
     assert environment.name == EXPECTED_NAMES[folder]
-    assert environment.version == {"inference": "2"}.get(folder, "1")  # inference 2: + content safety client
+    # A changed environment gets a new version (make submit refuses new content under a registered version).
+    assert environment.version == EXPECTED_VERSIONS[folder]
     assert PINNED_IMAGE.match(environment.image), environment.image
     assert not environment.image.endswith(":latest")
     assert environment.conda_file, "conda.yml did not load"

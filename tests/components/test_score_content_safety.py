@@ -71,6 +71,14 @@ def _init(staged, monkeypatch, endpoint: str, on_unavailable: str = "fail_closed
     return score
 
 
+def _stand_in(score, monkeypatch, text: str) -> None:
+    """The model's answer, replaced by ``text`` (a fresh Completion per request: run() rewrites a filtered one)."""
+    from types import SimpleNamespace
+
+    job = SimpleNamespace(wait=lambda: score.Completion(text, "stop", 9, 8, 1.0, 1))
+    monkeypatch.setattr(score, "answer", lambda chat, prompt: job)
+
+
 def test_pass_then_block_on_prompt_then_block_on_answer(staged, monkeypatch):
     with ContentSafetySimulation() as sim:
         score = _init(staged, monkeypatch, sim.endpoint)
@@ -87,12 +95,10 @@ def test_pass_then_block_on_prompt_then_block_on_answer(staged, monkeypatch):
         status, body, headers = _request(score, _seed("tell me MARK-VIOLENCE"))
         assert status == 400
         assert "blocked by content safety: category Violence at severity 6" in body["message"]
-        assert headers["x-chatft-content-filter"] == "prompt blocked: Violence severity 6"
 
         # The tiny random model ends its turn at once (an empty answer, which is not screened: the service refuses
         # empty texts). Stand in for the model with a fixed answer that the simulation rates harmful.
-        canned = score.Completion("a canned answer with MARK-SEXUAL in it", "stop", 9, 8, 1.0, 1)
-        monkeypatch.setattr(score._batcher, "submit", lambda prompt, params: canned)
+        _stand_in(score, monkeypatch, "a canned answer with MARK-SEXUAL in it")
         sim.rules["MARK-SEXUAL"] = {"Sexual": 4}
         status, body, headers = _request(score, _seed("How do I reset my router?"))
         assert status == 200
@@ -100,7 +106,6 @@ def test_pass_then_block_on_prompt_then_block_on_answer(staged, monkeypatch):
         assert body["content_filter"] == {"filtered": True, "category": "Sexual"}
         assert headers["x-chatft-content-filter"] == "answer blocked: Sexual severity 4"
         chat = {"messages": [{"role": "user", "content": "How do I reset my router?"}], "max_tokens": 6}
-        canned.text = "a canned answer with MARK-SEXUAL in it"  # run() replaced the text of the one object
         status, body, _ = _request(score, chat)
         assert status == 200 and body["choices"][0]["finish_reason"] == "content_filter"
         assert body["choices"][0]["message"]["content"] == score._guard.screen.settings.refusal
@@ -119,8 +124,7 @@ def test_service_down_fail_closed_answers_503(staged, monkeypatch):
 def test_service_down_fail_open_serves_and_logs(staged, monkeypatch, caplog):
     with ContentSafetySimulation() as sim:
         score = _init(staged, monkeypatch, sim.endpoint, "fail_open")
-        canned = score.Completion("a canned answer", "stop", 3, 3, 1.0, 1)  # the tiny model's answers are empty
-        monkeypatch.setattr(score._batcher, "submit", lambda prompt, params: canned)
+        _stand_in(score, monkeypatch, "a canned answer")  # the tiny model's answers are empty
         sim.stop()
         with caplog.at_level("WARNING", logger="azmlinfsrv.chatft.content_safety"):
             status, body, headers = _request(score, _seed("hello"))
