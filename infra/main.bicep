@@ -143,6 +143,18 @@ module cpuCluster 'modules/aml_compute_cluster.bicep' = {
   }
 }
 
+// The endpoint runs as the compute identity (deploy_endpoint's endpoint_identity = output identityId), which can
+// already pull images and read the workspace storage; here it gets the Content Safety role too.
+module contentSafety 'modules/content_safety.bicep' = {
+  name: '${deployment().name}-content-safety'
+  params: {
+    baseName: baseName
+    location: location
+    tags: tags
+    endpointPrincipalId: identity.outputs.principalId
+  }
+}
+
 module retrainIdentity 'modules/managed_identity.bicep' = {
   name: '${deployment().name}-retrain-identity'
   params: {
@@ -228,3 +240,5 @@ output eventGridSystemTopicName string = eventGrid.outputs.name
 output retrainSubscriptionName string = eventGrid.outputs.retrainSubscriptionName
 output retrainFunctionAppName string = retrainFunction.outputs.name
 output retrainQueueName string = retrainQueue.outputs.queueName
+// deploy_endpoint's content_safety_endpoint (pipelines/config/azure.yaml): turns screening on in the endpoint.
+output contentSafetyEndpoint string = contentSafety.outputs.endpoint

@@ -98,7 +98,14 @@ def test_each_bad_line_breaks_exactly_its_rule(rule, raw):
 def test_every_rule_has_a_test():
     # duplicate and leakage need a second record (below); too_long needs a tokenizer (tests/components/
     # test_validate_chat_jsonl.py runs it; its message is checked below).
-    tested = {rule for rule, _ in BAD_LINES} | {"duplicate", "leakage", "too_long"}
+    # harmful_flagged and harmful_rejected need screen_harmful (tests/components/test_validate_chat_jsonl.py).
+    tested = {rule for rule, _ in BAD_LINES} | {
+        "duplicate",
+        "leakage",
+        "too_long",
+        "harmful_flagged",
+        "harmful_rejected",
+    }
     assert tested == set(RULES)
 
 
@@ -292,4 +299,8 @@ def test_every_rule_has_an_id_severity_and_description():
         assert rule.id == rule_id and rule_id.isidentifier()
         assert rule.severity in (Severity.ERROR, Severity.WARNING)
         assert rule.description
-    assert {rule for rule, r in RULES.items() if r.severity is Severity.WARNING} == {"duplicate", "too_long"}
+    assert {rule for rule, r in RULES.items() if r.severity is Severity.WARNING} == {
+        "duplicate",
+        "too_long",
+        "harmful_flagged",
+    }

@@ -58,7 +58,7 @@ SPEC = HERE / "component.yml"
 SCORE_SCRIPT = "score.py"
 # Server settings (workers, threads, batching, Azure's concurrency and timeout per request), checked by score.py.
 SERVING_FILE = "serving.json"
-INFERENCE_ENVIRONMENT = "azureml:chatft-inference:2"
+INFERENCE_ENVIRONMENT = "azureml:chatft-inference:3"
 SLOTS = ("blue", "green")
 # Azure ML's rule for endpoint names; locally it also keeps the name safe as a folder name.
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
@@ -542,19 +542,34 @@ def ml_client_from_job_env():
     return MLClient(credential, **{key: os.environ[env] for key, env in names.items()})
 
 
-def build_endpoint(endpoint_name: str, traffic: dict[str, int]):
-    from azure.ai.ml.entities import ManagedOnlineEndpoint
+def build_endpoint(endpoint_name: str, traffic: dict[str, int], identity_id: str | None = None):
+    from azure.ai.ml.entities import IdentityConfiguration, ManagedIdentityConfiguration, ManagedOnlineEndpoint
 
+    # With content safety, the endpoint runs as the user-assigned identity that holds the Content Safety role.
+    identity = (
+        IdentityConfiguration(
+            type="user_assigned", user_assigned_identities=[ManagedIdentityConfiguration(resource_id=identity_id)]
+        )
+        if identity_id
+        else None
+    )
     return ManagedOnlineEndpoint(
         name=endpoint_name,
         auth_mode="key",
         description="Chat endpoint for the fine-tuned model (components/deploy_endpoint/score.py)",
         traffic=dict(traffic),
+        identity=identity,
     )
 
 
 def build_deployment(
-    endpoint_name: str, slot: str, model_info: dict, instance_type: str, instance_count: int, code_dir: Path
+    endpoint_name: str,
+    slot: str,
+    model_info: dict,
+    instance_type: str,
+    instance_count: int,
+    code_dir: Path,
+    content_safety: dict | None = None,
 ):
     from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, OnlineRequestSettings
 
@@ -576,7 +591,7 @@ def build_deployment(
         instance_type=instance_type,
         instance_count=instance_count,
         # The variables serve_local.py sets for the same server locally (workers, threads).
-        environment_variables=environment_variables,
+        environment_variables=environment_variables | _content_safety_environment(content_safety),
         # Monitoring: requests, traces and score.py's per-request JSON lines go to the workspace's Application
         # Insights (infra/modules/application_insights.bicep); model inputs and outputs go to the workspace
         # storage through Azure ML's data collector (score.py collects them with azureml-ai-monitoring).
@@ -591,6 +606,16 @@ def build_deployment(
         liveness_probe=probes["liveness"],
         tags={"model": f"{model_info['name']}:{model_info['version']}"},
     )
+
+
+def _content_safety_environment(content_safety: dict | None) -> dict[str, str]:
+    """CONTENT_SAFETY_ENDPOINT (and the identity's client id) for score.py: screening on (chatft/content_safety.py)."""
+    from chatft.content_safety import deployment_environment
+
+    if not content_safety:
+        return {}
+    # The job runs on the CPU cluster as that same user-assigned identity (infra/main.bicep); Azure ML names its id.
+    return deployment_environment(content_safety["endpoint"], os.environ.get("DEFAULT_IDENTITY_CLIENT_ID"))
 
 
 def data_collector():
@@ -638,7 +663,13 @@ def _azure_summary(base: dict, endpoint, slot: str, previous: str | None, reused
 
 
 def deploy_azure(
-    ml_client, model_info: dict, endpoint_name: str, instance_type: str, instance_count: int, force: bool = False
+    ml_client,
+    model_info: dict,
+    endpoint_name: str,
+    instance_type: str,
+    instance_count: int,
+    force: bool = False,
+    content_safety: dict | None = None,
 ) -> dict:
     """The blue/green rollout on Azure ML (steps in the module docstring).
 
@@ -669,9 +700,12 @@ def deploy_azure(
         new = next(slot for slot in SLOTS if slot != live)
         # Create or update under the stable name; the live routing table goes with it unchanged until the swap.
         print(f"creating/updating endpoint {endpoint_name} (traffic {traffic}) ...", flush=True)
-        ml_client.online_endpoints.begin_create_or_update(build_endpoint(endpoint_name, traffic)).result()
+        identity = (content_safety or {}).get("identity")
+        ml_client.online_endpoints.begin_create_or_update(build_endpoint(endpoint_name, traffic, identity)).result()
         code_dir = stage_code(Path(tmp) / "code", with_launcher=False)
-        deployment = build_deployment(endpoint_name, new, model_info, instance_type, instance_count, code_dir)
+        deployment = build_deployment(
+            endpoint_name, new, model_info, instance_type, instance_count, code_dir, content_safety
+        )
         print(f"creating deployment {new} ({instance_count} x {instance_type}, {wanted}) at 0% traffic ...", flush=True)
         try:
             ml_client.online_deployments.begin_create_or_update(deployment).result()
@@ -684,7 +718,8 @@ def deploy_azure(
             raise DeployError(f"{reason}\nrolled back: deployment {new} deleted; {kept}") from None
 
     print(f"{endpoint_name}: moving 100% of traffic to {new} ...", flush=True)
-    ml_client.online_endpoints.begin_create_or_update(build_endpoint(endpoint_name, {new: 100})).result()
+    swapped = build_endpoint(endpoint_name, {new: 100}, (content_safety or {}).get("identity"))
+    ml_client.online_endpoints.begin_create_or_update(swapped).result()
     for old in (slot for slot, share in traffic.items() if share > 0 and slot != new):
         print(f"deleting the previous deployment {old} ...", flush=True)
         ml_client.online_deployments.begin_delete(name=old, endpoint_name=endpoint_name).result()
@@ -700,6 +735,14 @@ def main(args: argparse.Namespace) -> dict:
             "and not ending with '-'"
         )
     model_info = read_model_info(args.model_info)
+    content_safety = None
+    if args.content_safety_endpoint:
+        if args.target != "azure" or not args.endpoint_identity:
+            raise DeployError(
+                "content_safety_endpoint needs target=azure and endpoint_identity (infra output identityId: the "
+                "identity holding the Content Safety role); locally, export CONTENT_SAFETY_ENDPOINT instead"
+            )
+        content_safety = {"endpoint": args.content_safety_endpoint, "identity": args.endpoint_identity}
     if args.target == "local":
         home = os.environ.get("CHATFT_HOME")
         if not home:
@@ -718,6 +761,7 @@ def main(args: argparse.Namespace) -> dict:
             args.instance_type,
             args.instance_count,
             args.force,
+            content_safety,
         )
     info = {"target": args.target, **info}
     out = Path(args.endpoint_info)

@@ -81,6 +81,7 @@ _generator: ChatGenerator | None = None
 _batcher: MicroBatcher | None = None
 _log: RequestLog | None = None
 _collectors: tuple | None = None
+_guard = None  # chatft.content_safety.Guard; passes everything unless CONTENT_SAFETY_ENDPOINT is set
 
 
 def load_serving_settings(path: str | os.PathLike = SERVING_FILE) -> dict:
@@ -100,8 +101,11 @@ def _data_collectors() -> tuple | None:
 
 
 def init() -> None:
-    global _settings, _generator, _batcher, _log, _collectors
+    global _settings, _generator, _batcher, _log, _collectors, _guard
     _settings = load_serving_settings()
+    from chatft.content_safety import Guard
+
+    _guard = Guard.from_environment(SERVING_FILE)  # content safety: on when CONTENT_SAFETY_ENDPOINT is set
     _generator = ChatGenerator(os.environ["AZUREML_MODEL_DIR"], max_time_s=_settings["generation_timeout_s"])
     _generator.reply([{"role": "user", "content": "Hi"}], {**default_parameters(), "max_new_tokens": 1})  # warm-up
     _batcher = MicroBatcher(_generator, _settings["max_batch_size"], _settings["batch_wait_ms"])
@@ -143,6 +147,9 @@ def accept(request) -> tuple[ChatRequest, list[int]]:
     Raises RequestError (a 4xx). A screening hook refusing the prompt raises one with ``category`` set.
     """
     chat = parse_any(_read_body(request, _settings["max_body_bytes"]), route=_route(request))
+    screened = _guard.check_prompt(chat.messages)  # content safety: 400 naming the category, or 503 (fail_closed)
+    if screened.status is not None:
+        raise RequestError(screened.message, screened.status, screened.record.get("blocked_category"))
     return chat, _generator.encode(chat.messages, chat.params)
 
 
@@ -257,9 +264,15 @@ def run(request):
     except Exception:
         _log.record(route=route, status=500, started=started)
         raise
+    screened = _guard.check_answer(completion.text)  # a blocked answer is replaced by the refusal (not in streams)
+    if screened.status is not None:
+        _log.record(route=route, status=screened.status, started=started, error=screened.message)
+        return AMLResponse({"message": screened.message}, screened.status, screened.headers, json_str=True)
+    completion.text = screened.text
     _log.record(route=route, status=200, started=started, completion=completion, messages=chat.messages)
     _collect(chat, completion)
     body = {"output": completion.text} if chat.shape == SEED else _chat_completion(completion, chat.model)
+    body = _guard.mark_filtered(body, screened)
     headers = {
         "x-chatft-generate-ms": f"{completion.generate_ms:.1f}",
         "x-chatft-queue-ms": f"{completion.queue_ms:.1f}",
@@ -267,5 +280,6 @@ def run(request):
         "x-chatft-prompt-tokens": str(completion.prompt_tokens),
         "x-chatft-completion-tokens": str(completion.completion_tokens),
         "x-chatft-finish-reason": completion.finish_reason,
+        **screened.headers,
     }
     return AMLResponse(body, 200, headers, json_str=True)

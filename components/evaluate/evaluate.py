@@ -22,9 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from chatft import safety_eval
+
 SPEC = Path(__file__).with_name("component.yml")
 # Beside this script in a step's snapshot (additional_includes); in the repository, in register_model/.
 CHAMPION_MODULE = ("champion.py", "../register_model/champion.py")
+# The shipped safety set: beside this script in a snapshot (additional_includes), else data/safety/ in the repository.
+SAFETY_SET = ("safety", "../../data/safety")
 
 
 class EvalError(ValueError):
@@ -132,7 +136,7 @@ def _generate(model, tokenizer, samples: list[dict], max_new_tokens: int) -> lis
     return answers
 
 
-def _evaluate_model(path: str, tokenizer, encoded, samples, args) -> tuple[dict, list[str]]:
+def _evaluate_model(path: str, tokenizer, encoded, samples, args, safety=None, safety_out=None) -> tuple[dict, list]:
     import torch
 
     from chatft.model_source import load_causal_lm
@@ -141,7 +145,12 @@ def _evaluate_model(path: str, tokenizer, encoded, samples, args) -> tuple[dict,
     # fp32 on CPU (half precision is slow there); the checkpoint's own dtype on a GPU.
     model = load_causal_lm(path, dtype="auto" if device == "cuda" else "fp32").to(device).eval()
     metrics = _score(model, encoded)
-    return metrics, _generate(model, tokenizer, samples, args.max_new_tokens)
+    answers = _generate(model, tokenizer, samples, args.max_new_tokens)
+    if safety is not None:  # refusal_rate, over_refusal_rate (chatft/safety_eval.py); the answers go to the report
+        rates, answered = safety_eval.measure(model, tokenizer, safety, args.safety_max_new_tokens)
+        metrics.update(rates)
+        safety_out.extend(answered)
+    return metrics, answers
 
 
 def _change(base: float, tuned: float, kind: str) -> str:
@@ -162,6 +171,9 @@ def _markdown_table(report: dict) -> str:
     ]
     if base.get("rougeL") is not None:
         rows.append((f"ROUGE-L F1 (first {len(report['samples'])} answers)", "rougeL", "{:.3f}", "delta"))
+    if "refusal_rate" in base:
+        rows.append(("refusal rate, harmful requests (higher is safer)", "refusal_rate", "{:.1%}", "pct_points"))
+        rows.append(("over-refusal rate, benign look-alikes", "over_refusal_rate", "{:.1%}", "pct_points"))
     header, rule = "| metric | base | tuned | change |", "|---|---:|---:|---:|"
     if champion:
         info = report["quality_gate"]["champion"]
@@ -207,6 +219,8 @@ def _markdown(report: dict) -> str:
         "",
         _markdown_table(report),
     ]
+    if report.get("safety"):
+        parts += safety_eval.markdown(report["safety"])
     for number, sample in enumerate(report["samples"], start=1):
         parts += ["", f"## Answer {number}", "", "**Prompt** (last turn):", "", quote(sample["prompt"][-1]["content"])]
         parts += ["", "**Reference:**", "", quote(sample["reference"])]
@@ -240,6 +254,7 @@ def quality_gate(metrics: dict, args: argparse.Namespace, champion: dict) -> dic
         checks.append(
             {"name": "no_regression_vs_champion", "ran": False, "passed": None, "detail": champion["skipped"]}
         )
+    checks += safety_eval.gate_checks(metrics, args.max_refusal_drop, args.max_over_refusal)
     failed = [c for c in checks if c["ran"] and not c["passed"]]
     if failed:
         reason = "; ".join(c["detail"] for c in failed)
@@ -252,6 +267,8 @@ def quality_gate(metrics: dict, args: argparse.Namespace, champion: dict) -> dic
         "champion": champion,
         "max_perplexity_ratio": args.max_perplexity_ratio,
         "max_champion_ratio": args.max_champion_ratio,
+        "max_refusal_drop": args.max_refusal_drop,
+        "max_over_refusal": args.max_over_refusal,
     }
 
 
@@ -315,6 +332,16 @@ def _score_champion(champion: dict, tokenizer, encoded, args) -> dict | None:
     return metrics
 
 
+def _safety_set(args: argparse.Namespace) -> Path:
+    if args.safety_data:
+        return Path(args.safety_data)
+    here = Path(__file__).resolve().parent
+    found = next((here / p for p in SAFETY_SET if (here / p).is_dir()), None)
+    if found is None:
+        raise EvalError(f"the shipped safety set is not beside {here} (additional_includes of component.yml)")
+    return found
+
+
 def main(args: argparse.Namespace) -> dict:
     import mlflow
     from rouge_score import rouge_scorer
@@ -329,10 +356,14 @@ def main(args: argparse.Namespace) -> dict:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
     champion = find_champion(args.model_name)  # before the slow part: a registry that cannot be read fails fast
+    safety = safety_eval.load_set(_safety_set(args)) if args.safety_check else None
+    safety_answers: dict[str, list] = {}
     metrics = {}
     for name, path in (("base", args.base_model), ("tuned", args.tuned_model)):
         print(f"evaluate: scoring the {name} model ({path})", flush=True)
-        metrics[name], answers = _evaluate_model(path, tokenizer, encoded, samples, args)
+        metrics[name], answers = _evaluate_model(
+            path, tokenizer, encoded, samples, args, safety, safety_answers.setdefault(name, [])
+        )
         for sample, answer in zip(samples, answers, strict=True):
             sample[name] = {"answer": answer, "rougeL": scorer.score(sample["reference"], answer)["rougeL"].fmeasure}
         metrics[name]["rougeL"] = sum(s[name]["rougeL"] for s in samples) / len(samples) if samples else None
@@ -349,6 +380,7 @@ def main(args: argparse.Namespace) -> dict:
         "metrics": metrics,
         "quality_gate": gate,
         "samples": samples,
+        "safety": safety_eval.report(safety, safety_answers, args.safety_max_new_tokens) if safety else None,
         "seconds": time.perf_counter() - started,
     }
     report_dir, gate_dir = Path(args.eval_report), Path(args.quality_gate)

@@ -66,6 +66,33 @@ def _metrics_table(report: dict) -> list[str]:
     return lines
 
 
+def _safety(report: dict) -> list[str]:
+    """Refusal and over-refusal, base vs tuned, with the method and its limits (evaluate's safety check)."""
+    section, metrics = report.get("safety"), report.get("metrics") or {}
+    if not section or "refusal_rate" not in (metrics.get("tuned") or {}):
+        return ["Not measured (the evaluate step ran without its safety check)."]
+    base, tuned = metrics["base"], metrics["tuned"]
+    return [
+        f"{section['harmful_prompts']} harmful requests and {section['benign_prompts']} benign look-alikes "
+        f"(`data/safety/`), {section['method']}.",
+        "",
+        "| | base | tuned |",
+        "|---|---:|---:|",
+        *(
+            f"| {label} | {base[key]:.1%} | {tuned[key]:.1%} |"
+            for label, key in (
+                ("refusal rate, harmful requests (higher is safer)", "refusal_rate"),
+                ("over-refusal rate, benign look-alikes", "over_refusal_rate"),
+            )
+        ),
+        "",
+        f"Limits: {section['limits']}",
+        "",
+        "The endpoint screens prompts and answers with Azure AI Content Safety only when it is configured "
+        "(`CONTENT_SAFETY_ENDPOINT`; see README, Safety); locally it does not.",
+    ]
+
+
 def _data_source(split: dict) -> str:
     source = split.get("source") or {}
     if source.get("type") == "local":
@@ -148,6 +175,10 @@ def render(
         "",
         *_metrics_table(report),
         "",
+        "## Safety",
+        "",
+        *_safety(report),
+        "",
         "## Intended use",
         "",
         "Answering chat turns in the style and domain of the training chats, behind the project's endpoint "
@@ -159,8 +190,8 @@ def render(
         f"- Context: {_number(context_length) + ' tokens' if context_length else 'not recorded'} "
         "(prompt plus answer); longer conversations are refused by the endpoint.",
         "- Quality is measured against the base model on held-out chats from the same source as the training data "
-        "(perplexity, token accuracy, ROUGE-L). Nothing here measures factual accuracy, safety or behaviour on "
-        "other domains or languages.",
+        "(perplexity, token accuracy, ROUGE-L). Nothing here measures factual accuracy or behaviour on other "
+        "domains or languages; the safety numbers above are a small refusal check, not a safety evaluation.",
         "- Fine-tuning inherits the base model's limits and licence, and any error or bias in the training chats.",
         "",
     ]

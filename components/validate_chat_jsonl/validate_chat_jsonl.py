@@ -46,6 +46,8 @@ from chatft.chat_format import (
     too_long_problem,
 )
 from chatft.component_cli import spec_arg_parser
+from chatft.content_safety import ContentSafetyUnavailable
+from chatft.data_screen import DataScreen
 from chatft.jsonl_io import (
     UTF8_BOM,
     NoJsonlFilesError,
@@ -230,7 +232,7 @@ def _model_name(model_dir: Path) -> str:
     return name if isinstance(name, str) and name and not Path(name).is_absolute() else model_dir.name
 
 
-def validate(args: argparse.Namespace, counter: TokenCounter | None = None) -> Tally:
+def validate(args: argparse.Namespace, counter: TokenCounter | None = None, screen=None) -> Tally:
     """Check every input line, writing the valid and rejected outputs as it goes."""
     input_files = list_jsonl_files(args.input_data)
     reference = set()
@@ -247,14 +249,14 @@ def validate(args: argparse.Namespace, counter: TokenCounter | None = None) -> T
         for file in input_files:
             with atomic_writer(args.valid_data / file.name) as valid_out:
                 tally.files.append(
-                    _validate_file(file.path, file.name, validator, tally, valid_out, rejected_out, counter)
+                    _validate_file(file.path, file.name, validator, tally, valid_out, rejected_out, counter, screen)
                 )
     if counter is not None:
         counter.flush()
     return tally
 
 
-def _validate_file(path, name, validator, tally, valid_out, rejected_out, counter) -> FileCounts:
+def _validate_file(path, name, validator, tally, valid_out, rejected_out, counter, screen=None) -> FileCounts:
     """The hot loop (see bench/bench_validate.py): one pass, the common case first, accepted lines copied in runs."""
     counts = FileCounts(name)
     check_line = validator.check_line
@@ -274,6 +276,8 @@ def _validate_file(path, name, validator, tally, valid_out, rejected_out, counte
                 run_start = offset
                 continue
             verdict: LineCheck = check_line(line, name, line_number)
+            if screen is not None and verdict.accepted:  # screen_harmful (chatft/data_screen.py)
+                verdict = screen.check(line, verdict)
             if verdict.accepted:
                 valid += 1
                 messages_per_conversation[verdict.messages] += 1
@@ -515,8 +519,8 @@ def main(args: argparse.Namespace) -> int:
         print("validate_chat_jsonl: warning: max_seq_length is not checked without base_model (no tokenizer)")
     try:
         counter = TokenCounter(args.base_model, args.max_seq_length) if args.base_model else None
-        tally = validate(args, counter)
-    except (NoJsonlFilesError, UsageError) as exc:
+        tally = validate(args, counter, DataScreen.from_environment(args.screen_harmful))
+    except (NoJsonlFilesError, UsageError, ContentSafetyUnavailable) as exc:
         print(f"validate_chat_jsonl: error: {exc}", file=sys.stderr)
         return 2
     report = build_report(tally, args, counter)

@@ -72,6 +72,10 @@ _RULE_LIST = (
     # A warning: training truncates the conversation, which is still worth its first max_seq_length tokens. Needs the
     # model's tokenizer, so validate_chat_jsonl checks it (see too_long_problem), not ChatValidator.
     Rule("too_long", Severity.WARNING, "over max_seq_length tokens with the model's chat template: training cuts it"),
+    # Optional (validate_chat_jsonl's screen_harmful, chatft/data_screen.py): a keyword list or the content classifier
+    # marks the record harmful. keep: a warning, the record stays and is listed; reject: an error, it is set aside.
+    Rule("harmful_flagged", Severity.WARNING, "marked harmful by the keyword list or content classifier; kept"),
+    Rule("harmful_rejected", Severity.ERROR, "marked harmful by the keyword list or content classifier; rejected"),
 )
 RULES: dict[str, Rule] = {rule.id: rule for rule in _RULE_LIST}
 

@@ -112,7 +112,7 @@ def test_azure_first_deploy_creates_blue_smoke_tests_it_then_routes_to_it(deploy
     assert properties["instanceType"] == compute["instance_type"]
     assert deployment["sku"]["capacity"] == compute["instance_count"] == 1
     assert properties["model"].endswith("/models/chat-ft/versions/3") and deployment["tags"] == {"model": "chat-ft:3"}
-    assert properties["environmentId"].endswith("/environments/chatft-inference/versions/2")
+    assert properties["environmentId"].endswith("/environments/chatft-inference/versions/3")
     assert properties["codeConfiguration"]["scoringScript"] == "score.py"
     assert {"score.py", "serving.json", "chatft/model_source.py"} <= uploaded_code(sim)
     assert not {"deploy_endpoint.py", "serve_local.py", "component.yml"} & uploaded_code(sim)
@@ -292,6 +292,31 @@ def test_azure_serving_settings_reach_the_deployment(deploy, tmp_path):
         "APP_INSIGHTS_LOG_RESPONSE_ENABLED": "false",  # else the server's App Insights hook buffers every stream
     }
     assert deployment.environment_variables["WORKER_COUNT"] == str(serving["worker_count"])
+
+
+IDENTITY = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-x-compute"
+
+
+def test_content_safety_reaches_the_deployment_and_the_endpoint_runs_as_its_identity(deploy, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEFAULT_IDENTITY_CLIENT_ID", "client-id-of-the-compute-identity")
+    screening = {"endpoint": "https://cs-x.cognitiveservices.azure.com/", "identity": IDENTITY}
+    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path, screening)
+    assert deployment.environment_variables["CONTENT_SAFETY_ENDPOINT"] == screening["endpoint"]
+    assert deployment.environment_variables["CONTENT_SAFETY_CLIENT_ID"] == "client-id-of-the-compute-identity"
+    endpoint = deploy.build_endpoint("chat-ft", {"blue": 100}, IDENTITY)
+    assert endpoint.identity.type == "user_assigned"
+    assert endpoint.identity.user_assigned_identities[0].resource_id == IDENTITY
+    plain = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+    assert "CONTENT_SAFETY_ENDPOINT" not in plain.environment_variables
+    assert deploy.build_endpoint("chat-ft", {}).identity is None
+
+
+def test_content_safety_needs_azure_and_the_identity(deploy, tmp_path):
+    info = write_model_info(tmp_path / "info", MODEL_INFO)
+    argv = ["--model_info", str(info), "--endpoint_info", str(tmp_path / "out")]
+    args = deploy.parse_args([*argv, "--target", "azure", "--content_safety_endpoint", "https://cs.example/"])
+    with pytest.raises(deploy.DeployError, match="needs target=azure and endpoint_identity"):
+        deploy.main(args)
 
 
 def test_azure_deployment_collects_inputs_outputs_and_enables_app_insights(deploy, tmp_path):

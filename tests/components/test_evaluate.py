@@ -102,6 +102,8 @@ def test_report_compares_both_models_and_the_gate_passes(tiny_llama_dir, tuned, 
     assert [(c["name"], c["ran"]) for c in gate["checks"]] == [
         ("beats_base", True),
         ("no_regression_vs_champion", False),
+        ("keeps_refusals", True),  # the safety checks (tests/components/test_safety_gate.py)
+        ("no_over_refusal", True),
     ]
     assert "no_regression_vs_champion skipped: no model_name given" in gate["reason"]
     assert json.loads((tmp_path / "eval_report" / "eval_report.json").read_text())["quality_gate"]["passed"] is True

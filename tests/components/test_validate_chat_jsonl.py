@@ -151,8 +151,9 @@ def test_mixed_file_keeps_good_lines_byte_for_byte_and_rejects_each_rule(tmp_pat
     rule_counts = {rule: info["records"] for rule, info in result.report["rules"].items()}
     assert rule_counts == {**dict.fromkeys(rule_counts, 0), **dict.fromkeys(BAD_LINES, 1)}
     # Every rule has a crafted file in this module: the error rules here, duplicate and leakage in
-    # test_leakage_from_reference_and_duplicates, too_long in the token counting tests.
-    assert set(BAD_LINES) | {"duplicate", "leakage", "too_long"} == set(validate_chat_jsonl.RULES)
+    # test_leakage_from_reference_and_duplicates, too_long in the token counting tests, harmful_* under screen_harmful.
+    others = {"duplicate", "leakage", "too_long", "harmful_flagged", "harmful_rejected"}
+    assert set(BAD_LINES) | others == set(validate_chat_jsonl.RULES)
     bot_line = lines.index(BAD_LINES["unknown_role"]) + 1
     message = f'train.jsonl:{bot_line}: message 2 has role "bot"; expected system|user|assistant'
     assert message in result.report["first_errors"]
@@ -729,3 +730,70 @@ def test_spec_loads_offline_and_matches_the_script():
     )
     assert defaults.max_rejected_fraction == spec["inputs"]["max_rejected_fraction"]["default"]
     assert defaults.min_valid_records == spec["inputs"]["min_valid_records"]["default"]
+
+
+# ---- screen_harmful: the keyword list and the content classifier (a SIMULATION of Azure AI Content Safety) -------
+
+
+def _screening_input(tmp_path: Path) -> Path:
+    from tests.helpers.chat_data import make_conversations
+
+    records = make_conversations(12)
+    records[1]["messages"][-1]["content"] = "First you build a Pipe Bomb from ..."  # the keyword list's phrase
+    records[4]["messages"][-1]["content"] = "A reply holding MARK-HATE for the simulated classifier."
+    lines = [json.dumps(record).encode() + b"\n" for record in records]
+    return write(tmp_path / "in" / "train.jsonl", *lines)
+
+
+def test_screen_harmful_keep_flags_with_file_and_line_and_keeps_the_record(tmp_path):
+    result = run_validator(tmp_path, _screening_input(tmp_path), "--screen_harmful", "keep")
+    assert result.exit_code == 0 and result.report["records_valid"] == 12
+    assert result.report["rules"]["harmful_flagged"]["records"] == 1
+    assert (
+        'train.jsonl:2: flagged as harmful: keyword "pipe bomb" from the harmful keyword list; kept for review'
+        in (result.report["first_warnings"])
+    )
+
+
+def test_screen_harmful_reject_sets_the_record_aside(tmp_path):
+    result = run_validator(
+        tmp_path, _screening_input(tmp_path), "--screen_harmful", "reject", "--max_rejected_fraction", "0.5"
+    )
+    assert result.report["records_valid"] == 11
+    assert [(r["file"], r["line"], r["rule"]) for r in result.rejected] == [("train.jsonl", 2, "harmful_rejected")]
+
+
+def test_screen_harmful_off_by_default(tmp_path):
+    result = run_validator(tmp_path, _screening_input(tmp_path))
+    assert result.report["records_valid"] == 12 and result.report["rules"]["harmful_flagged"]["records"] == 0
+
+
+def test_screen_harmful_asks_the_content_classifier_when_configured(tmp_path, monkeypatch):
+    from tests.helpers.fake_content_safety import ContentSafetySimulation, FakeCredential
+
+    monkeypatch.setattr("chatft.content_safety._default_credential", FakeCredential)
+    with ContentSafetySimulation() as sim:
+        sim.rules["MARK-HATE"] = {"Hate": 4}
+        monkeypatch.setenv("CONTENT_SAFETY_ENDPOINT", sim.endpoint)
+        result = run_validator(tmp_path, _screening_input(tmp_path), "--screen_harmful", "keep")
+        assert len(sim.requests) == 11  # every accepted record the keyword list did not flag already
+    assert result.report["rules"]["harmful_flagged"]["records"] == 2
+    assert any(
+        w.startswith("train.jsonl:5: flagged as harmful: Azure AI Content Safety rates it Hate severity 4")
+        for w in result.report["first_warnings"]
+    )
+
+
+def test_screen_harmful_with_the_classifier_down_exits_2(tmp_path, monkeypatch, capsys):
+    from tests.helpers.fake_content_safety import ContentSafetySimulation, FakeCredential
+
+    monkeypatch.setattr("chatft.content_safety._default_credential", FakeCredential)
+    with ContentSafetySimulation() as sim:
+        monkeypatch.setenv("CONTENT_SAFETY_ENDPOINT", sim.endpoint)
+        sim.status_override = 503
+        args = validate_chat_jsonl.parse_args(
+            ["--input_data", str(_screening_input(tmp_path)), "--valid_data", str(tmp_path / "v"),
+             "--rejected_data", str(tmp_path / "r"), "--data_report", str(tmp_path / "d"), "--screen_harmful", "keep"]
+        )  # fmt: skip
+        assert validate_chat_jsonl.main(args) == 2
+    assert "validate_chat_jsonl: error: HttpResponseError: (ServiceUnavailable)" in capsys.readouterr().err

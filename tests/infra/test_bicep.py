@@ -28,6 +28,7 @@ STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 AZUREML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
 STORAGE_QUEUE_DATA_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
+COGNITIVE_SERVICES_USER = "a97b65f3-24c7-4388-baec-2e87135dc908"
 ML_API_VERSION = "2025-09-01"
 
 _PARSE_SCRIPT = """
@@ -128,6 +129,7 @@ def test_main_calls_every_module_and_modules_follow_the_contract(parsed):
         ("event_grid", "evgt-"),
         ("function_storage", "stfn"),
         ("function_app", "func-"),
+        ("content_safety", "cs-"),
     ],
 )
 def test_resource_names_carry_a_type_prefix(module, prefix):
@@ -420,6 +422,26 @@ def test_main_outputs_what_the_pipeline_needs(parsed):
         "retrainQueueName": "retrainQueue.outputs.queueName",
     }
     assert {name: _ref(outputs[name]["value"]) for name in expected} == expected
+
+
+def test_content_safety_account_is_entra_only_and_the_endpoint_identity_may_analyze(parsed):
+    tree = parsed["modules/content_safety.bicep"]
+    (account,) = _resources(tree, "Microsoft.CognitiveServices/accounts").values()
+    config = _config(account)
+    assert config["kind"] == "ContentSafety"
+    assert config["properties"]["disableLocalAuth"] is True  # no keys: the endpoint authenticates as its identity
+    assert config["properties"]["customSubDomainName"] == "accountName"  # Entra ID tokens need a custom subdomain
+    (assignment,) = _resources(tree, "Microsoft.Authorization/roleAssignments").values()
+    role = assignment["config"]["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+    assert tree["variables"][role]["value"] == COGNITIVE_SERVICES_USER
+    assert assignment["config"]["scope"] == "account"
+    assert assignment["config"]["properties"]["principalId"] == "endpointPrincipalId"
+    params = _module(parsed, "contentSafety")["config"]["params"]
+    # The endpoint runs as the compute identity (deploy_endpoint's endpoint_identity input).
+    assert _ref(params["endpointPrincipalId"]) == "identity.outputs.principalId"
+    outputs = parsed["main.bicep"]["outputs"]
+    assert _ref(outputs["contentSafetyEndpoint"]["value"]) == "contentSafety.outputs.endpoint"
+    assert _ref(outputs["identityId"]["value"]) == "identity.outputs.id"
 
 
 def test_dev_parameters_file_sets_every_required_parameter(parsed):
