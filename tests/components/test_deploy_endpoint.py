@@ -300,13 +300,13 @@ IDENTITY = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdenti
 def test_content_safety_reaches_the_deployment_and_the_endpoint_runs_as_its_identity(deploy, tmp_path, monkeypatch):
     monkeypatch.setenv("DEFAULT_IDENTITY_CLIENT_ID", "client-id-of-the-compute-identity")
     screening = {"endpoint": "https://cs-x.cognitiveservices.azure.com/", "identity": IDENTITY}
-    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path, screening)
+    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC8as_T4_v3", 1, tmp_path, screening)
     assert deployment.environment_variables["CONTENT_SAFETY_ENDPOINT"] == screening["endpoint"]
     assert deployment.environment_variables["CONTENT_SAFETY_CLIENT_ID"] == "client-id-of-the-compute-identity"
     endpoint = deploy.build_endpoint("chat-ft", {"blue": 100}, IDENTITY)
     assert endpoint.identity.type == "user_assigned"
     assert endpoint.identity.user_assigned_identities[0].resource_id == IDENTITY
-    plain = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+    plain = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC8as_T4_v3", 1, tmp_path)
     assert "CONTENT_SAFETY_ENDPOINT" not in plain.environment_variables
     assert deploy.build_endpoint("chat-ft", {}).identity is None
 
