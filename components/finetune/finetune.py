@@ -37,32 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return spec_arg_parser(SPEC).parse_args(argv)
 
 
-def cpu_multiplies_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16); Linux's /proc/cpuinfo tells."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
-
-
 def _resolve_precision(requested: str, device: str) -> str:
-    import torch
+    """The precision policy of chatft.devices (one place for finetune, evaluate and serving)."""
+    from chatft.devices import PrecisionError, training_precision
 
-    if device == "cpu":
-        if requested == "fp16":
-            raise ConfigError("precision=fp16 needs a CUDA GPU; use fp32 (or auto) on CPU")
-        if requested != "auto":
-            return requested
-        # With bf16 instructions a bf16-autocast step ran ~1.4× faster than fp32 on a 2-core AMD EPYC (Zen 4);
-        # without them bf16 is emulated and slower (~0.6× on a CPU without, PLATFORM_NOTES).
-        return "bf16" if cpu_multiplies_bf16() else "fp32"
-    bf16_ok = torch.cuda.is_bf16_supported()
-    if requested == "bf16" and not bf16_ok:
-        raise ConfigError("precision=bf16: this GPU does not support bfloat16; use fp16 or auto")
-    if requested == "auto":
-        return "bf16" if bf16_ok else "fp16"
-    return requested
+    try:
+        return training_precision(requested, device)
+    except PrecisionError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_qlora(device: str) -> None:
@@ -224,12 +206,12 @@ def _trainer_class():
 
 def build_trainer(args: argparse.Namespace):
     """Tokenizer, model, PEFT config and data wired into an SFTTrainer, ready to train (nothing trained yet)."""
-    import torch
     from trl import SFTConfig
 
+    from chatft.devices import pick_device
     from chatft.model_source import load_tokenizer, training_chat_template
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()
     precision = _resolve_precision(args.precision, device)
     if args.method == "qlora":
         _check_qlora(device)

@@ -306,7 +306,9 @@ def test_auto_precision_follows_the_hardware_and_bf16_trains_on_a_cpu(tiny_llama
 
     if torch.cuda.is_available():
         pytest.skip("this test is about CPUs")
-    native = finetune.cpu_multiplies_bf16()
+    from chatft.devices import cpu_multiplies_bf16
+
+    native = cpu_multiplies_bf16()
     assert finetune._resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
     assert finetune._resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(finetune.ConfigError, match="precision=fp16 needs a CUDA GPU"):

@@ -18,7 +18,15 @@ from tests.helpers.chat_data import make_conversations, write_jsonl
 from tests.helpers.fake_azure import FakeMLClient
 
 AZURE = PROJECT_ROOT / "pipelines/config/azure.yaml"
-COMPONENTS = ["prep_data", "validate_chat_jsonl", "finetune", "evaluate", "register_model", "deploy_endpoint"]
+COMPONENTS = [
+    "prep_data",
+    "validate_chat_jsonl",
+    "finetune",
+    "score_base",
+    "evaluate",
+    "register_model",
+    "deploy_endpoint",
+]
 ENVIRONMENTS = ["chatft-cpu:1", "chatft-inference:1", "chatft-train:1"]
 
 
