@@ -361,6 +361,46 @@ def _step_logger(stats: _BatchStats):
     return StepLogger()
 
 
+def _progress(warmup_steps: int = 2):
+    """A callback printing, on the main process, the training time to expect once ``warmup_steps`` optimizer
+    steps have been measured on this machine, then one line per step with the time left.
+
+    The pace is the median step after the first (which carries one-time costs: thread pools, first allocations).
+    """
+    import statistics
+
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step, self.times, self.clock = state.global_step, [], time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            self.times.append(now - self.clock)
+            self.clock = now
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or "loss" not in (logs or {}) or not self.times:
+                return
+            done, left = state.global_step - self.first_step, state.max_steps - state.global_step
+            pace = statistics.median(self.times[1:] or self.times)
+            print(
+                f"finetune: step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+                f"{self.times[-1]:.1f} s  about {left * pace:.0f} s left",
+                flush=True,
+            )
+            if done == min(warmup_steps, state.max_steps - self.first_step):
+                print(
+                    f"finetune: estimate from {done} measured step(s) on this machine: {pace:.1f} s per optimizer "
+                    f"step, about {left * pace:.0f} s for the {left} left ({sum(self.times) + left * pace:.0f} s "
+                    "of training in all)",
+                    flush=True,
+                )
+
+    return Progress()
+
+
 def _merge(args: argparse.Namespace, trainer):
     """The standalone model to ship, at the base checkpoint's own precision (whatever precision trained it): the
     adapter saved in --adapter merged into a fresh, unquantized base, or the fully fine-tuned weights.
@@ -438,6 +478,7 @@ def main(args: argparse.Namespace) -> dict:
     trainer.data_collator = stats
     step_logger = _step_logger(stats)
     trainer.add_callback(step_logger)
+    trainer.add_callback(_progress())
     resume_from = last_complete_checkpoint(args.checkpoints, main_process) if Path(args.checkpoints).is_dir() else None
     resumed_step = int(CHECKPOINT.match(resume_from.name).group(1)) if resume_from else 0
     if resume_from and main_process:
