@@ -116,3 +116,14 @@ def mlflow_env(mlflow_store, monkeypatch) -> MlflowStore:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store.uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", mlflow_store.experiment_id)
     return mlflow_store
+
+
+@pytest.fixture(scope="session")
+def azureml_tracking(tmp_path_factory):
+    """A simulation of Azure ML's MLflow tracking service, shared by the session (it takes seconds to start): a real
+    ``mlflow server`` on loopback behind a proxy that answers 404 to the routes Azure ML does not serve
+    (tests/helpers/azureml_tracking_proxy.py). Yields a ``TrackingProxy``: ``.uri`` and the ``.requests`` it saw."""
+    from tests.helpers.azureml_tracking_proxy import azureml_like_tracking
+
+    with azureml_like_tracking(tmp_path_factory.mktemp("azureml_tracking")) as proxy:
+        yield proxy

@@ -1,7 +1,8 @@
 """The registered model's MLflow pyfunc: the fine-tuned Hugging Face folder, answered by the endpoint's own code.
 
-Logged by ``register_model.py`` as a model-from-code: MLflow stores this file with ``score.py`` and ``chatft`` as
-code, and the merged model folder untouched as the ``merged_model`` artifact. So
+Saved by ``register_model.py`` as a model-from-code (``mlflow.pyfunc.save_model``, then uploaded as the run's
+``model`` artifacts): MLflow stores this file with ``score.py`` and ``chatft`` as code, and the merged model folder
+untouched as the ``merged_model`` artifact. So
 
     mlflow.pyfunc.load_model("models:/chat-ft/3").predict(
         {"input_data": {"input_string": [{"role": "user", "content": "Hi"}]}})

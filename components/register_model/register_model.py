@@ -2,7 +2,9 @@
 ``champion`` when the quality gate passed.
 
 The same code runs locally (MLflow on SQLite, set up by the local backend) and on Azure ML (the job's
-azureml-mlflow tracking URI): ``mlflow.start_run()`` attaches to the step's run either way.
+azureml-mlflow tracking URI): ``mlflow.start_run()`` attaches to the step's run either way. The model is written with
+``mlflow.pyfunc.save_model``, uploaded as the run's ``model`` artifacts and registered from ``runs:/<run_id>/model``,
+not with ``log_model``, whose LoggedModel API Azure ML's tracking service does not serve (404).
 
 What is registered: the **merged** weights (the LoRA adapter folded into the base), wrapped unchanged in an MLflow
 pyfunc (``chat_pyfunc.py``; artifact key ``merged_model``). Not adapter + base reference, because the endpoint
@@ -15,8 +17,9 @@ A failed quality gate stops the step before anything is registered (the evaluate
 deploy_endpoint never sees that model. Otherwise the version is registered with tags for lineage (step and pipeline
 run, data fingerprint, base model, method, eval.* metrics, gate verdict) and ``MODEL_CARD.md`` stored with the model
 (artifact ``model_card``). A version whose gate passed gets the ``champion`` alias (``champion.py``: a tag on Azure
-ML); one registered without a gate (stand-alone use) stays a candidate. Writes ``model_info/model_info.json``
-(name, version, model_uri, run_id, tags, quality_gate, champion) and ``model_info/MODEL_CARD.md``.
+ML, or on any registry without the alias route); one registered without a gate (stand-alone use) stays a candidate.
+Writes ``model_info/model_info.json`` (name, version, model_uri, run_id, tags, quality_gate, champion) and
+``model_info/MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ MODEL_PACKAGES = (("mlflow", "mlflow-skinny"), ("torch",), ("transformers",), ("
 MAX_METRIC_TAGS = 40  # model version tags are for lineage; the full report stays in eval_report.json
 TRAIN_METRICS = "train_metrics.json"  # written by finetune into merged_model/
 CARD = "MODEL_CARD.md"
+ARTIFACT_PATH = "model"  # the model's folder among the run's artifacts: runs:/<run_id>/model
 
 
 class RegistrationError(RuntimeError):
@@ -203,6 +207,7 @@ def main(args: argparse.Namespace) -> dict:
     import mlflow
     from champion import get_champion, on_azure, set_champion
     from mlflow import MlflowClient
+    from mlflow.models import Model
     from model_card import render
 
     promote = bool(gate and gate["passed"])
@@ -232,15 +237,24 @@ def main(args: argparse.Namespace) -> dict:
         )
         card_path = Path(tmp) / CARD
         card_path.write_text(card, encoding="utf-8")
-        logged = mlflow.pyfunc.log_model(
-            name="model",
+        # save_model + log_artifacts + register_model("runs:/..."), not log_model: MLflow 3's log_model creates a
+        # LoggedModel (POST /api/2.0/mlflow/logged-models), which Azure ML's tracking service answers with 404
+        # (Azure/azure-sdk-for-python#44896). These three use only run-artifact and model-registry routes, which
+        # both Azure ML and a local MLflow store serve: one code path for both.
+        saved = Path(tmp) / ARTIFACT_PATH
+        mlflow.pyfunc.save_model(
+            path=saved,
             python_model=str(MODEL_CODE),
             # The key merged_model is read by evaluate (the champion's weights) and by chat_pyfunc.
             artifacts={"merged_model": str(model_dir), "model_card": str(card_path)},
             code_paths=[str(SCORE_SCRIPT), str(HERE / "chatft")],
             pip_requirements=requirements,
+            mlflow_model=Model(artifact_path=ARTIFACT_PATH, run_id=run.info.run_id),  # lineage in MLmodel
         )
-        registered = mlflow.register_model(logged.model_uri, args.model_name, tags=tags)
+        mlflow.log_artifacts(str(saved), artifact_path=ARTIFACT_PATH)
+        # A runs:/ URI whose folder holds MLmodel registers that folder as the version's source (no LoggedModel).
+        source = f"runs:/{run.info.run_id}/{ARTIFACT_PATH}"
+        registered = mlflow.register_model(source, args.model_name, tags=tags)
         version = str(registered.version)
         client.update_model_version(
             args.model_name, version, description=_summary(args.model_name, args, method, gate, promote)

@@ -117,7 +117,8 @@ def run_register(
     command = [sys.executable, "register_model.py", "--tuned_model", str(tuned_model)]
     for name, folder in folders.items():
         command += [f"--{name}", str(folder)]
-    command += ["--model_name", "chat-ft", "--base_model_name", "tiny-llama", "--model_info", str(out)]
+    name = registry.get("model_name", "chat-ft")
+    command += ["--model_name", name, "--base_model_name", "tiny-llama", "--model_info", str(out)]
     result = subprocess.run(command, cwd=snapshot, env=env, capture_output=True, text=True, timeout=120)
     return result, run_id
 
@@ -173,6 +174,8 @@ def test_version_carries_lineage_tags(registered, registry):
     assert info["tags"] == tags
     run_tags = registry["client"].get_run(run_id).data.tags
     assert run_tags["registered_model"] == f"chat-ft:{info['version']}"
+    # The same code path as on Azure ML: no LoggedModel is created here either.
+    assert not registry["client"].search_logged_models([registry["experiment_id"]])
 
 
 def test_model_card_says_what_went_in_and_what_came_out(registered):
@@ -378,7 +381,7 @@ class AzureLikeRegistry:
     def set_registered_model_alias(self, *args):
         from mlflow.exceptions import MlflowException
 
-        raise MlflowException("ENDPOINT_NOT_FOUND: No API found for '/registered-models/alias'")
+        raise MlflowException("alias API not available")  # a code other than ENDPOINT_NOT_FOUND: INTERNAL_ERROR
 
     get_model_version_by_alias = set_registered_model_alias
 
@@ -406,7 +409,7 @@ def test_azure_falls_back_to_a_champion_tag_that_moves(champion):
 def test_a_failing_alias_call_off_azure_is_an_error(champion):
     from mlflow.exceptions import MlflowException
 
-    with pytest.raises(MlflowException, match="ENDPOINT_NOT_FOUND"):
+    with pytest.raises(MlflowException, match="alias API not available"):
         champion.set_champion(AzureLikeRegistry(versions=1), "chat-ft", "1", azure=False)
 
 
@@ -414,3 +417,113 @@ def test_only_azureml_registries_get_the_fallback(champion):
     assert champion.on_azure("azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/r")
     assert not champion.on_azure("sqlite:///outputs/mlflow.db")
     assert not champion.on_azure("databricks")
+
+
+# ---- against a simulation of Azure ML's tracking service: a real mlflow server behind a proxy that answers 404 to
+# the routes Azure ML does not serve (logged models, aliases; tests/helpers/azureml_tracking_proxy.py) -------------
+
+AZURE_MODEL = "chat-ft-azure-sim"  # the server is shared by the session: a name of this module's own
+
+
+@pytest.fixture(scope="module")
+def azure_registry(azureml_tracking):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(azureml_tracking.uri)
+    # No artifact_location: the server's default (mlflow-artifacts:/, uploaded through the tracking service).
+    experiment_id = client.create_experiment("register-azureml-simulation")
+    return {
+        "uri": azureml_tracking.uri,
+        "client": client,
+        "experiment_id": experiment_id,
+        "model_name": AZURE_MODEL,
+        "proxy": azureml_tracking,
+    }
+
+
+@pytest.mark.slow
+def test_the_simulated_azure_tracking_service_refuses_log_model(azure_registry):
+    """What register_model did before: MLflow 3's log_model creates a LoggedModel first, and the service 404s it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import PythonModel
+
+    class Echo(PythonModel):  # never saved: the call fails before
+        _skip_type_hint_validation = True
+
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    probe = Echo()
+    seen = len(azure_registry["proxy"].requests)
+    with (
+        tracking_uri(azure_registry["uri"]),
+        mlflow.start_run(experiment_id=azure_registry["experiment_id"]),
+        pytest.raises(MlflowException, match=r"logged-models failed with error code 404") as err,
+    ):
+        mlflow.pyfunc.log_model(name="model", python_model=probe, pip_requirements=["mlflow"])
+    assert err.value.error_code == "ENDPOINT_NOT_FOUND"
+    assert ("POST", "/api/2.0/mlflow/logged-models", 404) in azure_registry["proxy"].requests[seen:]
+
+
+@pytest.fixture(scope="module")
+def registered_on_azure(snapshot, azure_registry, tuned_model, tmp_path_factory):
+    """Two registrations from the component snapshot, over HTTP, both with a passed gate; the proxy's requests."""
+    proxy = azure_registry["proxy"]
+    seen = len(proxy.requests)
+    tmp = tmp_path_factory.mktemp("registered_on_azure")
+    _, step = pipeline_runs(azure_registry)
+    first = register_ok(snapshot, azure_registry, tuned_model, tmp / "first", {"passed": True, "reason": "ok"}, step)
+    second = register_ok(snapshot, azure_registry, tuned_model, tmp / "second", {"passed": True, "reason": "ok"})
+    return first, second, step, proxy.requests[seen:]
+
+
+@pytest.mark.slow
+def test_registers_on_the_simulated_azure_tracking_service_without_logged_models(registered_on_azure, azure_registry):
+    first, second, step, requests = registered_on_azure
+    client = azure_registry["client"]
+    assert first["run_id"] == step and first["model_uri"] == f"models:/{AZURE_MODEL}/{first['version']}"
+    assert int(second["version"]) == int(first["version"]) + 1
+    version = client.get_model_version(AZURE_MODEL, first["version"])
+    assert version.run_id == step and version.tags["data_fingerprint"] == "f1ng3rpr1nt"
+    # The one code path never touches the logged-models API, and registers the run's model folder.
+    assert not [r for r in requests if "/logged-models" in r[1]], requests
+    assert version.source.endswith(f"/{step}/artifacts/model"), version.source
+    assert any(method == "PUT" and "/mlflow-artifacts/artifacts/" in path for method, path, _ in requests)
+
+
+@pytest.mark.slow
+def test_champion_falls_back_to_a_tag_that_moves_on_the_simulated_azure_service(
+    registered_on_azure, azure_registry, champion
+):
+    first, second, _, requests = registered_on_azure
+    client = azure_registry["client"]
+    assert first["champion_via"] == "tag" and second["champion_via"] == "tag"
+    assert second["previous_champion"] == first["version"]  # read back through the tag by register_model itself
+    refused = [path.split("?")[0] for method, path, status in requests if status == 404 and "/alias" in path]
+    assert "/api/2.0/mlflow/registered-models/alias" in refused  # the alias route was tried and 404'd
+    holders = [v.version for v in client.search_model_versions(f"name='{AZURE_MODEL}'") if v.tags.get("champion")]
+    assert holders == [second["version"]]  # moved, not copied
+    # The look-up evaluate makes (the same champion.py), over HTTP with no azureml:// URI.
+    assert champion.get_champion(client, AZURE_MODEL, azure=False).version == second["version"]
+
+
+@pytest.mark.slow
+def test_registered_version_downloads_where_deploy_and_evaluate_look(
+    registered_on_azure, azure_registry, tuned_model, tmp_path
+):
+    import mlflow
+    import yaml
+
+    from chatft.model_source import find_model_dir
+
+    first, _, step, _ = registered_on_azure
+    with tracking_uri(azure_registry["uri"]):  # what deploy_endpoint.download_model does
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=first["model_uri"], dst_path=str(tmp_path)))
+    checkpoint = find_model_dir(local)
+    assert checkpoint == local / "artifacts" / "merged_model"
+    for original in tuned_model.iterdir():
+        assert (checkpoint / original.name).read_bytes() == original.read_bytes(), original.name
+    assert (local / "artifacts" / "MODEL_CARD.md").is_file() and (local / "code" / "score.py").is_file()
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    assert "python_function" in mlmodel["flavors"] and mlmodel["run_id"] == step
