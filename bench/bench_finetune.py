@@ -62,6 +62,7 @@ for path in (REPO, REPO / "src"):
 LOCAL_PRESET = REPO / "pipelines" / "config" / "local.yaml"
 FINETUNE = REPO / "components" / "finetune" / "finetune.py"
 PROBE_SIZE = 2048
+TRL_DEFAULT_ROWS = 8  # SFTConfig's per_device_train_batch_size default, × 1 accumulation step
 GOALS = {"speedup": 3.0, "flop_fraction": 0.6, "best_gemm_fraction": 0.8}
 BASELINES = ("baseline", "tuned")
 
@@ -200,8 +201,12 @@ def _local_finetune_flags(model: str, data: str, out: Path, max_steps: int, over
     and step bound."""
     from pipelines.settings import load_settings
 
+    section = load_settings(LOCAL_PRESET, [f"finetune.{item}" for item in overrides]).step("finetune")
+    if not any(item.startswith("gradient_accumulation_steps=") for item in overrides):
+        # The same rows per optimizer step as TRL's default (8 per device × 1); tokens/s does not depend on it.
+        section["gradient_accumulation_steps"] = TRL_DEFAULT_ROWS // section.get("per_device_train_batch_size", 1)
     inputs = {
-        **load_settings(LOCAL_PRESET, [f"finetune.{item}" for item in overrides]).step("finetune"),
+        **section,
         "base_model": model,
         "train_data": data,
         "max_steps": max_steps,

@@ -218,7 +218,8 @@ def build_trainer(args: argparse.Namespace):
 
     # Cheap checks first: data, then the tokenizer, before the model is loaded.
     train_data = _load_chats(args.train_data, "train_data")
-    validation_data = _load_chats(args.validation_data, "validation_data")
+    # eval_steps -1: no validation loss at all (the evaluate step scores the tuned model on the same chats anyway).
+    validation_data = _load_chats(args.validation_data, "validation_data") if args.eval_steps >= 0 else None
     tokenizer = load_tokenizer(args.base_model)
     if args.assistant_only_loss:
         # Renders the same text as the stock template, with {% generation %} around the assistant's tokens

@@ -336,6 +336,11 @@ def test_it_estimates_the_training_time_after_a_short_warm_up_and_reports_each_s
     assert "for the 2 left" in lines[estimate[0]] and lines[steps[-1]].endswith("about 0 s left")
 
 
+def test_eval_steps_minus_one_never_computes_a_validation_loss(tiny_llama_dir, chats, tmp_path):
+    metrics = finetune.main(finetune.parse_args(run_args(tiny_llama_dir, chats, tmp_path, max_steps=1, eval_steps=-1)))
+    assert metrics["global_step"] == 1 and metrics["eval_loss_start"] is None and metrics["eval_loss_end"] is None
+
+
 def test_without_packing_batches_are_padded_and_the_padding_is_measured(tiny_llama_dir, chats, tmp_path):
     # Batches of 4 chats of one or two turns: rows of unequal length, padded to the longest.
     inputs = {"packing": False, "max_steps": 2, "per_device_train_batch_size": 4, "eval_steps": 0}
