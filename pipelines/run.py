@@ -60,7 +60,7 @@ def time_table(result) -> str:
         how = "reused" if step.status == "reused" else f"{step.seconds:7.1f} s  {step.seconds / total:4.0%}"
         lines.append(f"  {step.name:<22} {how}")
     overhead = result.seconds - sum(s.seconds for s in result.steps)
-    lines.append(f"  {'(backend: hashing, MLflow)':<22} {overhead:7.1f} s  {overhead / total:4.0%}")
+    lines.append(f"  {'(backend overhead)':<22} {overhead:7.1f} s  {overhead / total:4.0%}")
     return "\n".join(lines)
 
 
