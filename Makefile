@@ -14,7 +14,7 @@ RESOURCE_GROUP ?= rg-chatft-dev
 INFRA_PARAMS ?= infra/main.dev.bicepparam
 QUESTION ?= My internet keeps dropping every evening. What should I check first?
 
-.PHONY: help install run chat ask stop status teardown validate test lint lint-infra infra infra-what-if format submit preflight schedule unschedule retrain mlflow-ui clean lock
+.PHONY: help install run chat ask stop status monitor teardown validate test lint lint-infra infra infra-what-if format submit preflight schedule unschedule retrain mlflow-ui clean lock
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -36,8 +36,8 @@ run: install ## Run the whole pipeline locally, then ask the deployed endpoint o
 TARGET ?= local
 ENDPOINT := $(PY) -m pipelines.endpoint --target $(TARGET)
 
-chat: install ## Chat with the deployed endpoint in the terminal (TARGET=azure: the Azure ML one)
-	$(ENDPOINT) chat
+chat: install ## Chat with the deployed endpoint, answers streamed as written (NO_STREAM=1: whole; TARGET=azure)
+	$(ENDPOINT) chat $(if $(NO_STREAM),--no-stream)
 
 ask: install ## Ask the deployed endpoint one question: make ask QUESTION="..." [TARGET=azure]
 	$(ENDPOINT) ask "$(QUESTION)"
@@ -45,8 +45,12 @@ ask: install ## Ask the deployed endpoint one question: make ask QUESTION="..." 
 stop: install ## Stop the local endpoint (its router and both slots)
 	$(ENDPOINT) stop
 
-status: install ## Show the endpoint: URL, deployments, traffic, health [TARGET=azure]
+status: install ## Show the endpoint: URL, deployments, traffic, health, recent requests [TARGET=azure]
 	$(ENDPOINT) status
+
+LAST ?= 200
+monitor: install ## Summarise the last LAST requests per local deployment: p50/p95 latency, tokens/s, error/block rate
+	$(ENDPOINT) monitor --last $(LAST)
 
 teardown: install ## Delete the endpoint and its deployments; DELETE_MODEL=1 also the registered model [TARGET=azure]
 	$(ENDPOINT) teardown $(if $(DELETE_MODEL),--delete-model)
@@ -91,7 +95,7 @@ format: install ## Format with ruff
 # Azure targets take DRY_RUN=1 (no network), DATA=path (local chat JSONL instead of the preset's dataset), ARGS=...
 AZURE_FLAGS = $(if $(DRY_RUN),--dry-run) $(if $(DATA),--data "$(DATA)")
 
-submit: install ## Preflight, register what changed, submit to Azure ML and stream (DRY_RUN=1: YAML + plan only)
+submit: install ## Preflight, register what changed, submit to Azure ML, follow the run (DRY_RUN=1: YAML + plan only)
 	$(PY) -m pipelines.run --backend azure --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
 
 preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline)

@@ -18,6 +18,10 @@ in its response headers: the duration of the generate() call the answer came fro
 batch, the batch size and the tokens generated. Server overhead = latency - generation time (HTTP, parsing, chat
 template, queueing, decoding). Goals: 0 errors; overhead p50 <= 5% of latency p50; throughput at the highest
 concurrency >= 3x the lowest. Absolute numbers on a shared machine are noisy; the ratios much less so.
+
+Time to first token: after the main levels, ``--stream_requests`` more requests per level ask the same question
+in the chat-completions shape with ``"stream": true``; the client times the first chunk with content (TTFT) and
+the whole stream. These streamed requests count towards the error goal too.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_new_tokens", type=int, default=32, help="the payload's fixed answer length limit")
     parser.add_argument("--rounds", type=int, default=5, help="chunks per level, alternating between the levels")
     parser.add_argument("--warmup", type=int, default=8, help="unmeasured requests before each chunk")
+    parser.add_argument("--stream_requests", type=int, default=40, help="streamed requests per level (TTFT); 0: none")
     parser.add_argument("--url", help="benchmark this running endpoint instead of starting a server")
     parser.add_argument("--model_dir", type=Path, help="Hugging Face folder to serve (default: packaged SmolLM2)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -63,6 +68,45 @@ def payload(max_new_tokens: int) -> dict:
             "parameters": {"temperature": 0.7, "max_new_tokens": max_new_tokens},
         }
     }
+
+
+def stream_payload(max_new_tokens: int) -> dict:
+    return {
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0.7,
+        "max_tokens": max_new_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def one_stream_request(session, url: str, body: bytes) -> dict:
+    """A streamed request: time to the first chunk with content, time to the end, tokens from the usage chunk."""
+    started = time.perf_counter()
+    first = tokens = None
+    try:
+        with session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=300, stream=True) as r:
+            if r.status_code != 200:
+                return {"ok": False, "error": f"HTTP {r.status_code}: {r.text[:200]}"}
+            done = False
+            for line in r.iter_lines():
+                if not line.startswith(b"data: "):
+                    continue
+                if line == b"data: [DONE]":
+                    done = True
+                    break
+                event = json.loads(line[len(b"data: ") :])
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+                if first is None and any(c["delta"].get("content") for c in event.get("choices", [])):
+                    first = time.perf_counter()
+    except Exception as err:  # a refused or dropped connection is a benchmark error, reported, not raised
+        return {"ok": False, "error": f"{type(err).__name__}: {err}"}
+    if not done:
+        return {"ok": False, "error": "the stream ended without data: [DONE]"}
+    latency_ms = (time.perf_counter() - started) * 1000
+    ttft_ms = (first - started) * 1000 if first is not None else latency_ms  # a blank answer: first = last
+    return {"ok": True, "latency_ms": latency_ms, "ttft_ms": ttft_ms, "tokens": tokens or 0}
 
 
 def one_request(session, url: str, body: bytes) -> dict:
@@ -87,7 +131,7 @@ def one_request(session, url: str, body: bytes) -> dict:
     }
 
 
-def run_level(url: str, concurrency: int, total: int, warmup: int, body: bytes) -> dict:
+def run_level(url: str, concurrency: int, total: int, warmup: int, body: bytes, send=one_request) -> dict:
     """``concurrency`` threads send ``total`` requests between them; returns the per-request records and wall time."""
     import requests
 
@@ -99,14 +143,14 @@ def run_level(url: str, concurrency: int, total: int, warmup: int, body: bytes) 
     def client():
         with requests.Session() as session:
             for _ in range(max(1, warmup // concurrency)):
-                one_request(session, url, body)
+                send(session, url, body)
             start_line.wait()
             while True:
                 with lock:
                     if remaining[0] == 0:
                         return
                     remaining[0] -= 1
-                record = one_request(session, url, body)
+                record = send(session, url, body)
                 with lock:
                     records.append(record)
 
@@ -154,10 +198,26 @@ def summarize(concurrency: int, run: dict) -> dict:
     return summary
 
 
-def goal_checks(levels: list[dict]) -> list[tuple[str, bool]]:
-    checks = [
-        (f"errors = 0 at every concurrency ({sum(s['errors'] for s in levels)})", not any(s["errors"] for s in levels))
-    ]
+def summarize_stream(concurrency: int, run: dict) -> dict:
+    ok = [r for r in run["records"] if r["ok"]]
+    errors = [r["error"] for r in run["records"] if not r["ok"]]
+    summary = {"concurrency": concurrency, "requests": len(run["records"]), "errors": len(errors)}
+    summary["error_examples"] = sorted(set(errors))[:3]
+    if ok:
+        summary.update(
+            {
+                "ttft_p50_ms": percentile([r["ttft_ms"] for r in ok], 50),
+                "ttft_p95_ms": percentile([r["ttft_ms"] for r in ok], 95),
+                "latency_p50_ms": percentile([r["latency_ms"] for r in ok], 50),
+                "tokens_per_request": statistics.mean(r["tokens"] for r in ok),
+            }
+        )
+    return summary
+
+
+def goal_checks(levels: list[dict], streams: list[dict] | None = None) -> list[tuple[str, bool]]:
+    errors = sum(s["errors"] for s in levels + (streams or []))
+    checks = [(f"errors = 0 at every concurrency, streamed requests included ({errors})", errors == 0)]
     for s in levels:
         if "overhead_share" in s:
             share = s["overhead_share"]
@@ -224,6 +284,30 @@ def _serve_local():
     return module
 
 
+def bench_streams(url: str, args: argparse.Namespace) -> list[dict]:
+    """Time to first token: streamed requests at each concurrency, after the main levels."""
+    body = json.dumps(stream_payload(args.max_new_tokens)).encode()
+    streams = []
+    for concurrency in args.concurrency:
+        print(f"streaming: concurrency {concurrency}, {args.stream_requests} requests ...", flush=True)
+        run = run_level(url, concurrency, args.stream_requests, args.warmup, body, send=one_stream_request)
+        streams.append(summarize_stream(concurrency, run))
+    return streams
+
+
+def print_stream_table(streams: list[dict]) -> None:
+    print("streamed (stream: true), client-side:")
+    for s in streams:
+        if "ttft_p50_ms" not in s:
+            print(f"  concurrency {s['concurrency']}: {s['requests']} requests, {s['errors']} errors")
+            continue
+        print(
+            f"  concurrency {s['concurrency']}: {s['requests']} requests, {s['errors']} errors; time to first token "
+            f"p50 {s['ttft_p50_ms']:.0f} ms, p95 {s['ttft_p95_ms']:.0f} ms; whole stream p50 "
+            f"{s['latency_p50_ms']:.0f} ms; {s['tokens_per_request']:.1f} tokens/request"
+        )
+
+
 def bench(url: str, args: argparse.Namespace) -> list[dict]:
     body = json.dumps(payload(args.max_new_tokens)).encode()
     runs = {concurrency: {"records": [], "wall_s": 0.0} for concurrency in args.concurrency}
@@ -242,9 +326,11 @@ def main(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(REPO / "src"))
     settings = json.loads((COMPONENT / "serving.json").read_text(encoding="utf-8"))
     settings.pop("_notes", None)
+    streams: list[dict] = []
     if args.url:
         where = args.url
         levels = bench(args.url, args)
+        streams = bench_streams(args.url, args) if args.stream_requests else []
     else:
         model_dir = args.model_dir or packaged_model()
         where = f"own server on {model_dir}"
@@ -253,17 +339,21 @@ def main(args: argparse.Namespace) -> int:
             with _serve_local().running_server(model_dir, Path(tmp) / "server.log", env=env) as server:
                 print(f"server healthy after {server['startup_s']:.1f} s at {server['url']}", flush=True)
                 levels = bench(server["url"], args)
+                streams = bench_streams(server["url"], args) if args.stream_requests else []
     print(f"\n{where}; payload: the seed's question, temperature 0.7, max_new_tokens {args.max_new_tokens}")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; serving.json: {json.dumps(settings)}")
     print_table(levels)
-    for s in levels:
+    if streams:
+        print_stream_table(streams)
+    for s in levels + streams:
         for example in s["error_examples"]:
             print(f"  error at concurrency {s['concurrency']}: {example}")
-    checks = goal_checks(levels)
+    checks = goal_checks(levels, streams)
     for text, passed in checks:
         print(f"{'PASS' if passed else 'FAIL'}  {text}")
     if args.json:
-        args.json.write_text(json.dumps({"where": where, "serving": settings, "levels": levels}, indent=2) + "\n")
+        results = {"where": where, "serving": settings, "levels": levels, "streams": streams}
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 1 if args.strict and not all(passed for _, passed in checks) else 0
 
 

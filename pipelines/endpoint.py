@@ -3,6 +3,8 @@
     python -m pipelines.endpoint status                       # router, slots, traffic; exit 1 unless healthy
     python -m pipelines.endpoint ask "How do I reset my router?"
     python -m pipelines.endpoint chat                         # a conversation with history; /reset, /exit
+    python -m pipelines.endpoint chat --no-stream             # ... each answer shown once it is complete
+    python -m pipelines.endpoint monitor --last 200           # local: latency, tokens/s, error and block rates
     python -m pipelines.endpoint stop                         # local: stop the router and every slot
     python -m pipelines.endpoint teardown [--delete-model]    # delete the endpoint (the model stays unless asked)
     python -m pipelines.endpoint --target azure chat          # the same against the Azure ML endpoint
@@ -13,6 +15,10 @@ blue/green swap. Azure: the endpoint named by ``--name``, else by ``steps.deploy
 pipelines/config/azure.yaml. Its URL and key come from CHATFT_ENDPOINT_URL and CHATFT_ENDPOINT_KEY when both are set,
 else from the workspace (as ``make submit`` finds it); the key is sent as a bearer token and never printed.
 Sampling parameters not given here are left to the endpoint's defaults (components/deploy_endpoint/score.py).
+``chat`` streams each answer as the model writes it (chat-completions shape with ``"stream": true`` on the same
+URL, so it works locally and on Azure). ``monitor`` (and ``status``) summarise each local slot's request log
+(``<slot>/requests.jsonl``, written by score.py, see ``chatft.serving.monitoring``); on Azure ML the same records
+go to Application Insights and the data collector.
 """
 
 from __future__ import annotations
@@ -58,9 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         command.add_argument("--temperature", type=float, help="0 = greedy (endpoint default if omitted)")
         command.add_argument("--top_p", type=float, help="nucleus sampling mass (endpoint default if omitted)")
         command.add_argument("--max_new_tokens", type=int, help="answer length limit (endpoint default if omitted)")
-    commands.add_parser(
+        if name == "chat":
+            command.add_argument("--no-stream", action="store_true", help="show each answer only once complete")
+    status = commands.add_parser(
         "status", help="show the endpoint, its deployments and traffic; exit 1 unless healthy", parents=[common]
     )
+    monitor = commands.add_parser(
+        "monitor",
+        help="local: summarise the last requests per deployment (latency, tokens/s, errors)",
+        parents=[common],
+    )
+    for command in (status, monitor):
+        command.add_argument("--last", type=int, default=200, help="how many recent requests to summarise per slot")
     commands.add_parser(
         "stop", help="local: stop the router and every deployment slot, forget the traffic map", parents=[common]
     )
@@ -131,7 +146,7 @@ def stop(path: Path, record: dict) -> int:
     return 0
 
 
-def status_local(path: Path, record: dict) -> int:
+def status_local(path: Path, record: dict, last: int = 200) -> int:
     router = record.get("router") or {}
     router_up = is_our_server(router.get("pid")) and _get(record["health_url"]) is not None  # any answer will do
     print(
@@ -151,7 +166,20 @@ def status_local(path: Path, record: dict) -> int:
     if not live_deployment(record):
         print("  no deployment takes traffic")
         healthy = False
+    monitor_local(path, record, last)
     return 0 if healthy else 1
+
+
+def monitor_local(path: Path, record: dict, last: int) -> int:
+    """The last ``last`` requests of each slot, summarised (the slots' requests.jsonl)."""
+    from chatft.serving.monitoring import format_summary, read_last, summarize
+
+    print(f"  requests (last {last} per deployment; the slot's requests.jsonl):")
+    for slot, entry in sorted(record.get("deployments", {}).items()):
+        log = path.parent / slot / "requests.jsonl"
+        label = f"{slot} ({entry['model_name']}:{entry['model_version']})"
+        print(f"    {format_summary(label, summarize(read_last(log, last)))}")
+    return 0
 
 
 def teardown_local(home: Path, name: str | None, delete_model: bool) -> int:
@@ -184,7 +212,7 @@ def teardown_local(home: Path, name: str | None, delete_model: bool) -> int:
 def azure_client(ml_client=None):
     if ml_client is not None:
         return ml_client
-    from pipelines.azure_backend import WorkspaceConfigError, workspace_client
+    from pipelines.azure.client import WorkspaceConfigError, workspace_client
 
     try:
         return workspace_client()
@@ -238,6 +266,57 @@ def teardown_azure(name: str, delete_model: bool, ml_client=None) -> int:
 # ---- talking to either -------------------------------------------------------------------------------------------
 
 
+def _refusal(response) -> EndpointError:
+    try:
+        reply = response.json()
+    except ValueError:
+        reply = {}
+    detail = reply.get("message") if isinstance(reply, dict) else None
+    return EndpointError(f"HTTP {response.status_code}: {detail or response.text[:300]}")
+
+
+def stream_reply(connection: dict, messages: list[dict], parameters: dict, out=None) -> str:
+    """Ask in the chat-completions shape with ``stream: true``; print each piece as it comes; return the answer."""
+    import requests
+
+    out = out or sys.stdout
+    body = {"messages": messages, "stream": True}
+    names = {"temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_tokens"}
+    body.update({names[name]: value for name, value in parameters.items()})
+    try:
+        response = requests.post(
+            connection["url"], json=body, headers=connection["headers"], timeout=REQUEST_TIMEOUT_S, stream=True
+        )
+    except requests.ConnectionError:
+        raise EndpointError(f"nothing answers at {connection['url']}; check `make status`") from None
+    with response:
+        if response.status_code != 200:
+            raise _refusal(response)
+        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            # An endpoint that answers in one piece (an older score.py): show the whole answer.
+            reply = response.json()
+            answer = reply["output"] if "output" in reply else reply["choices"][0]["message"]["content"]
+            out.write(answer)
+            return answer
+        pieces = []
+        for line in response.iter_lines(decode_unicode=True):
+            if not line or not line.startswith("data: "):
+                continue
+            data = line[len("data: ") :]
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            if "error" in event:
+                raise EndpointError(f"the answer broke off: {event['error'].get('message')}")
+            for choice in event.get("choices", []):
+                piece = choice.get("delta", {}).get("content") or ""
+                if piece:
+                    pieces.append(piece)
+                    out.write(piece)
+                    out.flush()
+    return "".join(pieces).strip()
+
+
 def generate(connection: dict, messages: list[dict], parameters: dict) -> str:
     import requests
 
@@ -251,8 +330,7 @@ def generate(connection: dict, messages: list[dict], parameters: dict) -> str:
     except ValueError:
         reply = {}
     if response.status_code != 200:
-        detail = reply.get("message") if isinstance(reply, dict) else None
-        raise EndpointError(f"HTTP {response.status_code}: {detail or response.text[:300]}")
+        raise _refusal(response)
     return reply["output"]
 
 
@@ -289,14 +367,20 @@ def chat(connection: dict, args: argparse.Namespace) -> int:
             continue
         if not text:
             continue
+        asked = [*history, {"role": "user", "content": text}]
         try:
-            answer = generate(connection, [*history, {"role": "user", "content": text}], _parameters(args))
+            if args.no_stream:
+                answer = generate(connection, asked, _parameters(args))
+                print(f"bot> {answer}")
+            else:
+                print("bot> ", end="", flush=True)
+                answer = stream_reply(connection, asked, _parameters(args))
+                print()
         except EndpointError as err:
             # The turn is dropped from the history, so the conversation stays valid for the next question.
-            print(f"error: {err}", file=sys.stderr)
+            print(f"\nerror: {err}", file=sys.stderr)
             continue
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
-        print(f"bot> {answer}")
 
 
 def main(args: argparse.Namespace, ml_client=None) -> int:
@@ -308,6 +392,11 @@ def main(args: argparse.Namespace, ml_client=None) -> int:
             return teardown_azure(name, args.delete_model, ml_client)
         if args.command == "status":
             return status_azure(name, ml_client)
+        if args.command == "monitor":
+            raise EndpointError(
+                "monitor is local only; on Azure ML the request records are in Application Insights and the "
+                "model inputs/outputs in the data collector's storage"
+            )
         connection = azure_connection(name, ml_client)
     else:
         home = Path(args.home)
@@ -317,7 +406,10 @@ def main(args: argparse.Namespace, ml_client=None) -> int:
         if args.command == "stop":
             return stop(path, record)
         if args.command == "status":
-            return status_local(path, record)
+            return status_local(path, record, args.last)
+        if args.command == "monitor":
+            print(f"{record['endpoint_name']}: {record['url']}")
+            return monitor_local(path, record, args.last)
         connection = local_connection(record)
     return ask(connection, args) if args.command == "ask" else chat(connection, args)
 

@@ -59,23 +59,34 @@ def check_step_settings(settings: RunSettings, components: dict[str, Any]) -> No
                 )
 
 
-def _as_input(value: str | None):
-    """A path or asset URI as a uri_folder Input; local paths are made absolute from the project root."""
+def is_model_asset(value: str) -> bool:
+    """A registered model: ``azureml://registries/<r>/models/<name>/versions/<n>`` (or a workspace's
+    ``azureml://.../models/...``), or the short ``azureml:<name>:<version>`` form of the base model."""
+    return value.startswith("azureml:") and ("/models/" in value or "://" not in value)
+
+
+def _as_input(value: str | None, model: bool = False):
+    """A path or asset URI as an Input; local paths are made absolute from the project root. A model asset is an
+    ``mlflow_model`` input (the type of the registry's Phi-3 models), data and local folders are ``uri_folder``
+    (the local backend reads a folder either way; model_source finds the Hugging Face folder inside an MLflow one)."""
     from azure.ai.ml import Input
 
     if value is None:
         return None
+    if model and is_model_asset(value):
+        return Input(type="mlflow_model", path=value)
     if value.startswith("azureml:") or "://" in value:
         return Input(type="uri_folder", path=value)
     path = Path(value)
     return Input(type="uri_folder", path=str(path if path.is_absolute() else PROJECT_ROOT / path))
 
 
-def build_pipeline(settings: RunSettings, base_model_path: str | None = None):
-    """Build the PipelineJob. ``base_model_path`` replaces ``settings.base_model`` (e.g. a converted local model)."""
+def build_pipeline(settings: RunSettings, base_model_path: str | None = None, components: dict | None = None):
+    """Build the PipelineJob. ``base_model_path`` replaces ``settings.base_model`` (e.g. a converted local model);
+    ``components`` replaces the specs of components/ (e.g. the registered components, by name)."""
     from azure.ai.ml import dsl
 
-    components = load_components()
+    components = components or load_components()
     check_step_settings(settings, components)
     compute = load_compute()
     gpu, cpu = compute["gpu_cluster"]["name"], compute["cpu_cluster"]["name"]
@@ -154,7 +165,7 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None):
         }
 
     job = chat_finetune(
-        base_model=_as_input(base_model_path or settings.base_model),
+        base_model=_as_input(base_model_path or settings.base_model, model=True),
         raw_data=_as_input(settings.raw_data),
     )
     job.experiment_name = settings.experiment_name

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines import sdk_private
+
 _INPUT_REF = re.compile(r"\$\{\{\s*inputs\.(\w+)\s*\}\}")
 _OUTPUT_REF = re.compile(r"\$\{\{\s*outputs\.(\w+)\s*\}\}")
 _OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
@@ -129,8 +131,8 @@ def _topological_order(jobs: dict[str, Any]) -> list[str]:
 
 
 def _upstream(node_input) -> str | None:
-    data = node_input._data
-    return data._owner.name if type(data).__name__ == "NodeOutput" else None
+    binding = sdk_private.input_binding(node_input)
+    return sdk_private.upstream_step(binding) if sdk_private.binding_kind(binding) == "output" else None
 
 
 def _render(value: Any) -> str:
@@ -312,16 +314,16 @@ class LocalBackend:
         values: dict[str, Any] = {}
         identity: dict[str, Any] = {}
         for input_name, spec in component.inputs.items():
-            data = node.inputs[input_name]._data if input_name in node.inputs else None
-            if type(data).__name__ == "NodeOutput":  # an upstream step's output
-                upstream = done[data._owner.name]
-                path = upstream.outputs[data._port_name]
+            data = sdk_private.input_binding(node.inputs[input_name]) if input_name in node.inputs else None
+            if sdk_private.binding_kind(data) == "output":  # an upstream step's output
+                upstream = done[sdk_private.upstream_step(data)]
+                path = upstream.outputs[sdk_private.port_name(data)]
                 values[input_name] = str(path)
-                identity[input_name] = self._output_hash(upstream, data._port_name)
+                identity[input_name] = self._output_hash(upstream, sdk_private.port_name(data))
                 continue
-            if type(data).__name__ == "PipelineInput":  # bound to a pipeline-level input
-                port = data._port_name
-                data = job.inputs[port]._data if port in job.inputs else None
+            if sdk_private.binding_kind(data) == "pipeline":  # bound to a pipeline-level input
+                port = sdk_private.port_name(data)
+                data = sdk_private.input_binding(job.inputs[port]) if port in job.inputs else None
             if isinstance(data, Input):
                 data = data.path
                 if data is not None:
@@ -471,8 +473,7 @@ class LocalBackend:
         outputs: dict[str, Path] = {}
         for step_name, node in job.jobs.items():
             for port, node_output in node.outputs.items():
-                binding = getattr(node_output, "_data", None)
-                target = getattr(binding, "_port_name", None) or getattr(binding, "_name", None)
+                target = sdk_private.pipeline_output_name(node_output)
                 if target in job.outputs and step_name in results and port in results[step_name].outputs:
                     outputs[target] = results[step_name].outputs[port]
         return outputs

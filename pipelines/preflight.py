@@ -21,11 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.azure.cli import EXIT_INVALID, EXIT_PREFLIGHT, SubmitOptions, azure_parser, settings_or_exit
+from pipelines.azure.client import connect
+from pipelines.azure.plan import local_data_path, prep_data_module, with_local_data
+from pipelines.sdk_private import rest_field
 from pipelines.settings import PROJECT_ROOT, RunSettings, load_compute
 
 PRICING_FILE = PROJECT_ROOT / "infra" / "pricing.json"
@@ -114,9 +119,7 @@ def _tokens_from_report(path: Path) -> int:
 def _tokens_from_local_data(path: Path, settings: RunSettings, assumptions: dict) -> tuple[int, int]:
     """(train tokens per epoch, records): content characters / chars_per_token + template tokens, capped per chat at
     max_seq_length, times the train share of the split."""
-    from pipelines.azure_backend import _prep_data
-
-    prep = _prep_data()
+    prep = prep_data_module()
     try:
         source = prep.read_local_records(path)
     except FileNotFoundError as err:  # NoJsonlFilesError included
@@ -224,58 +227,81 @@ class QuotaRow:
 
 def check_quota(ml_client, needs: list[QuotaNeed]) -> tuple[list[QuotaRow], str | None]:
     """Rows per VM family (and the regional total) with need vs available vCPUs, and the region."""
-    sizes = {size.name.lower(): size for size in ml_client.compute.list_sizes()}
-    usages = list(ml_client.compute.list_usage())
-    region = next((u.aml_workspace_location for u in usages if getattr(u, "aml_workspace_location", None)), None)
+    region = ml_client.workspaces.get(ml_client.workspace_name).location
     where = f"in {region}" if region else "in the workspace's region"
+    sizes = {}
+    for size in ml_client.compute.list_sizes(location=region):
+        sizes[str(rest_field(size, "name")).lower()] = size
+    usages = list(ml_client.compute.list_usage(location=region))
 
     rows: dict[str, QuotaRow] = {}
     missing = []
     for need in needs:
         size = sizes.get(need.vm_size.lower())
-        if size is None:
+        vcpus = rest_field(size, "vCPUs", "v_cp_us") if size is not None else None
+        if size is None or vcpus is None:
             missing.append(QuotaRow(need.vm_size, [need.purpose], 0, None, None, f"size not offered {where}"))
             continue
-        row = rows.setdefault(size.family, QuotaRow(size.family, [], 0, None, None, ""))
-        row.purposes.append(f"{need.purpose}: {need.nodes} x {need.vm_size} ({size.v_cp_us} vCPUs)")
-        row.need += need.nodes * int(size.v_cp_us)
+        family = str(rest_field(size, "family"))
+        row = rows.setdefault(family, QuotaRow(family, [], 0, None, None, ""))
+        row.purposes.append(f"{need.purpose}: {need.nodes} x {need.vm_size} ({vcpus} vCPUs)")
+        row.need += need.nodes * int(vcpus)
 
     for row in rows.values():
-        _fill(row, _usage(usages, value=row.family), where)
+        _fill(row, _usage(usages, family=row.family), where)
     total = QuotaRow("total dedicated regional vCPUs", ["all of the above at once"], 0, None, None, "")
     total.need = sum(row.need for row in rows.values())
-    _fill(total, _usage(usages, localized="dedicated regional"), where)
+    _fill(total, _usage(usages, total=True), where)
     return [*rows.values(), *missing, total], region
 
 
-def _usage(usages: list, value: str | None = None, localized: str | None = None):
-    """The usage entry whose name is ``value`` (a VM family) or whose display name contains ``localized``.
-    Subscription-level entries win: per-workspace entries (".../workspaces/...") only share that quota out."""
-    found = [
-        usage
-        for usage in usages
-        if usage.name
-        and (
-            (value and (usage.name.value or "").lower() == value.lower())
-            or (localized and localized in (usage.name.localized_value or "").lower())
-        )
-    ]
-    found.sort(key=lambda usage: "/workspaces/" in (usage.id or "") or "workspaces" in (usage.type or "").lower())
-    return found[0] if found else None
+def _family_key(text: str) -> str | None:
+    """The VM family in either spelling the service uses: the size listing's ``standardNCADSA100v4Family`` and the
+    usage listing's ``Standard NCADSA100v4 Family Cluster Dedicated vCPUs`` both give ``ncadsa100v4``. None for
+    anything else (LowPriority entries, totals)."""
+    match = re.fullmatch(r"standard[ _]?(.+?)[ _]?family([ _]cluster[ _]dedicated[ _]vcpus)?", text.strip().lower())
+    return match[1].replace(" ", "").replace("_", "") if match else None
+
+
+def _usage_name(usage) -> tuple[str, str]:
+    """(value, localizedValue) of a usage's name: a dict with the wire's keys, or the SDK's UsageName."""
+    name = rest_field(usage, "name") or {}
+    if isinstance(name, dict):
+        return str(name.get("value") or ""), str(name.get("localizedValue") or name.get("localized_value") or "")
+    return str(getattr(name, "value", "") or ""), str(getattr(name, "localized_value", "") or "")
+
+
+def _usage(usages: list, family: str | None = None, total: bool = False):
+    """The usage entry of a VM family, or of the dedicated regional total. Subscription-level entries only: the
+    per-workspace and per-compute ones (ids under .../workspaces/...) only share that quota out."""
+    wanted = _family_key(family) if family else None
+    for usage in usages:
+        if "/workspaces/" in str(rest_field(usage, "id") or "").lower():
+            continue
+        value, localized = _usage_name(usage)
+        kind = str(rest_field(usage, "type") or "").lower()
+        regional = "total cluster dedicated regional vcpus" in {value.lower(), localized.lower()}
+        if total and (regional or kind.endswith("/dedicatedcores/usages")):
+            return usage
+        if wanted and wanted in {_family_key(value), _family_key(localized)}:
+            return usage
+    return None
 
 
 def _fill(row: QuotaRow, usage, where: str) -> None:
     if usage is None:
         row.status = f"no quota reported {where}"
         return
-    row.limit = int(usage.limit or 0)
-    row.available = row.limit - int(usage.current_value or 0)
+    limit, current = rest_field(usage, "limit"), rest_field(usage, "currentValue", "current_value")
+    row.limit = None if limit is None else int(limit)
     if row.limit == 0:
         row.status = f"zero quota {where}"
-    elif row.available < row.need:
-        row.status = f"short by {row.need - row.available}"
+    elif row.limit is None or current is None:
+        # Unknown is not zero: reading a missing current value as 0 would overstate what is free.
+        row.status = f"usage not reported {where}"
     else:
-        row.status = "ok"
+        row.available = row.limit - int(current)
+        row.status = f"short by {row.need - row.available}" if row.available < row.need else "ok"
 
 
 # ---- cost -----------------------------------------------------------------------------------------------------
@@ -376,8 +402,6 @@ class PreflightReport:
 
 def run_preflight(settings: RunSettings, data_plan=None, ml_client=None, options=None) -> PreflightReport:
     """Cost always; quota when a client is given (a dry run passes none). ``ok`` is False on any quota shortfall."""
-    from pipelines.azure_backend import SubmitOptions, local_data_path
-
     options = options or SubmitOptions()
     compute = load_compute()
     report = PreflightReport(ok=True)
@@ -409,7 +433,7 @@ def run_preflight(settings: RunSettings, data_plan=None, ml_client=None, options
         report.errors.append(f"quota check failed: {err.message or err}")
         return report
     for row in report.quota:
-        if not row.ok and not row.status.startswith("no quota reported"):
+        if not row.ok and not row.status.startswith(("no quota reported", "usage not reported")):
             report.ok = False
             report.errors.append(_quota_advice(row))
     return report
@@ -419,8 +443,9 @@ def _quota_advice(row: QuotaRow) -> str:
     if row.status.startswith("size not offered"):
         where = row.status.removeprefix("size not offered ")
         return f"{row.family} is not offered {where}: pick another size in infra/compute.json"
+    free = f"limit {row.limit}" if row.available is None else f"{row.available} available of limit {row.limit}"
     return (
-        f"{row.family}: {row.status} (need {row.need} vCPUs, {row.available} available of limit {row.limit}); "
+        f"{row.family}: {row.status} (need {row.need} vCPUs, {free}); "
         "request more in Azure ML studio → Quota (or the Azure portal → Quotas → Machine learning), or lower "
         "max_nodes / pick another size in infra/compute.json"
     )
@@ -428,21 +453,10 @@ def _quota_advice(row: QuotaRow) -> str:
 
 # ---- CLI ------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from pipelines.azure_backend import azure_parser
-
     return azure_parser(__doc__).parse_args(argv)
 
 
 def main(args: argparse.Namespace, ml_client=None) -> int:
-    from pipelines.azure_backend import (
-        EXIT_INVALID,
-        EXIT_PREFLIGHT,
-        SubmitOptions,
-        connect,
-        settings_or_exit,
-        with_local_data,
-    )
-
     settings = settings_or_exit(args)
     if isinstance(settings, int):
         return settings

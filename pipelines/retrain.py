@@ -6,7 +6,7 @@
 
 The decision is one lookup: the data asset version is the data's fingerprint (prep_data's, over the set of
 records), so "this version exists" means "a run already trained on exactly these records". When it does not
-exist, the submission registers it and runs the pipeline (``pipelines.azure_backend.submit``). The cloud trigger
+exist, the submission registers it and runs the pipeline (``pipelines.azure.submit.submit``). The cloud trigger
 in ``infra/retrain_function/`` calls ``retrain()`` on the blobs it downloads, so a laptop and the Event Grid
 path decide the same way.
 
@@ -21,19 +21,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.azure_backend import (
-    EXIT_INVALID,
-    SubmissionError,
-    SubmitOptions,
-    azure_parser,
-    connect,
-    get_or_none,
-    local_data_path,
-    plan_data_asset,
-    settings_or_exit,
-    submit,
-    with_local_data,
-)
+from pipelines.azure.assets import get_or_none
+from pipelines.azure.cli import EXIT_INVALID, SubmitOptions, azure_parser, settings_or_exit
+from pipelines.azure.client import connect
+from pipelines.azure.plan import SubmissionError, local_data_path, plan_data_asset, with_local_data
+from pipelines.azure.submit import submit
 from pipelines.settings import RunSettings, project_path
 
 

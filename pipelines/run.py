@@ -16,7 +16,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from pipelines.azure_backend import add_azure_arguments
+from pipelines import sdk_private
+from pipelines.azure.cli import add_azure_arguments
 from pipelines.settings import PACKAGED_SMOLLM2, PROJECT_ROOT, RunSettings, SettingsError, load_settings
 
 DEFAULT_CONFIG = {"local": "pipelines/config/local.yaml", "azure": "pipelines/config/azure.yaml"}
@@ -73,9 +74,9 @@ def run_local(args: argparse.Namespace, settings: RunSettings) -> int:
     output_root.mkdir(parents=True, exist_ok=True)
     base_model = prepare_base_model(settings, output_root)
     job = build_pipeline(settings, base_model_path=base_model)
-    validation = job._validate()  # the SDK's own checks, the same as at Azure submission
-    if not validation.passed:
-        print(f"Pipeline failed azure-ai-ml validation:\n{validation}", file=sys.stderr)
+    problems = sdk_private.validation_errors(job)  # the SDK's own checks, the same as at Azure submission
+    if problems:
+        print(f"Pipeline failed azure-ai-ml validation:\n{problems}", file=sys.stderr)
         return 2
     backend = LocalBackend(output_root, PROJECT_ROOT, force_rerun=args.force_rerun, stream_logs=not args.quiet)
     try:
@@ -102,7 +103,8 @@ def run_local(args: argparse.Namespace, settings: RunSettings) -> int:
 
 
 def run_azure(args: argparse.Namespace, settings: RunSettings) -> int:
-    from pipelines.azure_backend import SubmitOptions, submit
+    from pipelines.azure.cli import SubmitOptions
+    from pipelines.azure.submit import submit
 
     options = SubmitOptions.from_args(args)
     return submit(settings, dry_run=args.dry_run, output_root=PROJECT_ROOT / args.output_root, options=options)

@@ -17,17 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.azure_backend import (
-    EXIT_INVALID,
-    SubmitOptions,
-    azure_parser,
-    connect,
-    prepare,
-    print_plan,
-    ready_workspace,
-    settings_or_exit,
-    write_dry_run,
-)
+from pipelines.azure.cli import EXIT_INVALID, SubmitOptions, azure_parser, settings_or_exit
+from pipelines.azure.client import connect
+from pipelines.azure.plan import prepare, print_plan, write_dry_run
+from pipelines.azure.submit import ready_workspace
 from pipelines.settings import RunSettings, SettingsError, project_path
 
 
@@ -55,10 +48,14 @@ def build_schedule(settings: RunSettings, job):
 def write_schedule(schedule, plan, output_root: Path) -> Path:
     """schedule.yml beside the pipeline YAML it runs, in the form ``az ml schedule create --file`` loads: the SDK's
     own dump inlines the job, which its loader does not accept, so create_job refers to the job file instead."""
+    import io
+
     import yaml
 
     job_file = write_dry_run(plan, output_root)
-    body = schedule._to_dict()
+    dumped = io.StringIO()
+    schedule.dump(dumped)  # the SDK's own serialisation
+    body = yaml.safe_load(dumped.getvalue())
     body["create_job"] = f"./{job_file.name}"
     target = job_file.with_name("schedule.yml")
     target.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
@@ -86,6 +83,7 @@ def create(settings: RunSettings, dry_run: bool, output_root: Path, ml_client=No
     ml_client = ready_workspace(plan, options, ml_client, "schedule", "the schedule was not created.")
     if isinstance(ml_client, int):
         return ml_client
+    schedule = build_schedule(plan.settings, plan.job)  # around the job rebuilt from the registered components
     created = ml_client.schedules.begin_create_or_update(schedule).result()
     trigger = created.trigger
     print(f"Schedule {created.name}: {trigger.expression} ({trigger.time_zone}), enabled={created.is_enabled}")

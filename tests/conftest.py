@@ -118,6 +118,19 @@ def mlflow_env(mlflow_store, monkeypatch) -> MlflowStore:
     return mlflow_store
 
 
+@pytest.fixture
+def azure_sim(monkeypatch):
+    """The simulated Azure ML REST API (tests/helpers/azure_transport.py), blob uploads included; ``azure_sim.client()``
+    is a real MLClient sending through it. Fails the test on any request it had no answer for, even one the SDK
+    caught and swallowed (an upload thread, a best-effort lookup)."""
+    from tests.helpers.azure_transport import AzureRestSimulation
+
+    sim = AzureRestSimulation()
+    sim.route_storage(monkeypatch)
+    yield sim
+    assert not sim.unexpected, f"requests the simulation did not expect: {[str(r) for r in sim.unexpected]}"
+
+
 @pytest.fixture(scope="session")
 def azureml_tracking(tmp_path_factory):
     """A simulation of Azure ML's MLflow tracking service, shared by the session (it takes seconds to start): a real

@@ -80,10 +80,11 @@ def test_explicit_precisions_on_a_cpu(monkeypatch):
 
 def test_cuda_comes_first_and_uses_its_half_precision(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert devices.pick_device() == "cuda"
     assert devices.training_precision("auto") == "bf16" and devices.inference_dtype() == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # a V100
+    # A T4 or V100: torch would count emulated bf16 as supported; the policy asks for the hardware's.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert devices.training_precision("auto") == "fp16" and devices.inference_dtype() == "fp16"
     with pytest.raises(devices.PrecisionError, match="does not support bfloat16"):
         devices.training_precision("bf16")
@@ -102,8 +103,13 @@ def test_finetune_evaluate_and_serving_ask_this_module():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "components"
-    for script in ("finetune/finetune.py", "evaluate/evaluate.py", "deploy_endpoint/score.py"):
-        text = (root / script).read_text(encoding="utf-8")
+    scripts = [
+        root / "finetune/finetune.py",
+        root / "evaluate/evaluate.py",
+        root.parent / "src/chatft/serving/generation.py",
+    ]
+    for script in scripts:
+        text = script.read_text(encoding="utf-8")
         assert "chatft.devices" in text, script
         for copy in ("cuda.is_available()", "is_bf16_supported", "/proc/cpuinfo"):
             assert copy not in text, f"{script} decides the device itself ({copy})"

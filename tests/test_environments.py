@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "environments").glob("*/environment.yml"))
 REQUIREMENTS = ROOT / "requirements.txt"
 EXPECTED_NAMES = {"train": "chatft-train", "inference": "chatft-inference", "cpu": "chatft-cpu"}
+EXPECTED_VERSIONS = {"train": "1", "inference": "2", "cpu": "1"}  # inference 2: + azureml-ai-monitoring
 # A tag after the last "/" component, e.g. ":20260621.v1"; digests ("@sha256:...") are pinned too.
 PINNED_IMAGE = re.compile(r"^[\w.-]+(/[\w.-]+)+(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$")
 
@@ -55,7 +56,8 @@ def test_environment_loads_with_a_name_version_and_pinned_image(environment):
     assert isinstance(environment, Environment)
     folder = Path(environment.base_path).name
     assert environment.name == EXPECTED_NAMES[folder]
-    assert environment.version == "1"
+    # A changed environment gets a new version (make submit refuses new content under a registered version).
+    assert environment.version == EXPECTED_VERSIONS[folder]
     assert PINNED_IMAGE.match(environment.image), environment.image
     assert not environment.image.endswith(":latest")
     assert environment.conda_file, "conda.yml did not load"

@@ -58,7 +58,7 @@ SPEC = HERE / "component.yml"
 SCORE_SCRIPT = "score.py"
 # Server settings (workers, threads, batching, Azure's concurrency and timeout per request), checked by score.py.
 SERVING_FILE = "serving.json"
-INFERENCE_ENVIRONMENT = "azureml:chatft-inference:1"
+INFERENCE_ENVIRONMENT = "azureml:chatft-inference:2"
 SLOTS = ("blue", "green")
 # Azure ML's rule for endpoint names; locally it also keeps the name safe as a folder name.
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
@@ -267,7 +267,9 @@ def _spawn(command: list[str], cwd: Path, env: dict, log_path: Path) -> subproce
 def start_server(code_dir: Path, model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
     command = [sys.executable, str(code_dir / LAUNCHER), "--entry_script", str(code_dir / SCORE_SCRIPT)]
     command += ["--model_dir", str(model_dir), "--port", str(port)]
-    return _spawn(command, code_dir, _server_env(code_dir), log_path)
+    # One JSON line per request beside the slot's server.log (chatft.serving.monitoring; `make monitor` reads it).
+    env = {**_server_env(code_dir), "CHATFT_REQUEST_LOG": str(log_path.with_name("requests.jsonl"))}
+    return _spawn(command, code_dir, env, log_path)
 
 
 def start_router(endpoint_home: Path, port: int) -> subprocess.Popen:
@@ -514,6 +516,13 @@ def build_deployment(
     from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, OnlineRequestSettings
 
     serving = serving_settings()
+    environment_variables = {
+        **_sibling("serve_local").server_environment(serving),
+        # The server's App Insights hook reads each response's whole body to log it (response.get_data()), which
+        # would run a streamed answer to its end before the first byte leaves. The data collector below keeps
+        # every answer instead (azureml-inference-server-http 1.5.1, server/appinsights_client.py).
+        "APP_INSIGHTS_LOG_RESPONSE_ENABLED": "false",
+    }
     return ManagedOnlineDeployment(
         name=slot,
         endpoint_name=endpoint_name,
@@ -523,13 +532,26 @@ def build_deployment(
         instance_type=instance_type,
         instance_count=instance_count,
         # The variables serve_local.py sets for the same server locally (workers, threads).
-        environment_variables=_sibling("serve_local").server_environment(serving),
+        environment_variables=environment_variables,
+        # Monitoring: requests, traces and score.py's per-request JSON lines go to the workspace's Application
+        # Insights (infra/modules/application_insights.bicep); model inputs and outputs go to the workspace
+        # storage through Azure ML's data collector (score.py collects them with azureml-ai-monitoring).
+        app_insights_enabled=True,
+        data_collector=data_collector(),
         request_settings=OnlineRequestSettings(
             request_timeout_ms=serving["request_timeout_ms"],
             max_concurrent_requests_per_instance=serving["max_concurrent_requests_per_instance"],
         ),
         tags={"model": f"{model_info['name']}:{model_info['version']}"},
     )
+
+
+def data_collector():
+    """Azure ML's data collector for the deployment: the collections score.py writes (every request: rate 1.0)."""
+    from azure.ai.ml.entities import DataCollector, DeploymentCollection
+
+    collections = {name: DeploymentCollection(enabled="true") for name in ("model_inputs", "model_outputs")}
+    return DataCollector(collections=collections, sampling_rate=1.0)
 
 
 def smoke_test_azure(ml_client, endpoint_name: str, deployment: str, tmp: Path) -> list[str]:

@@ -83,14 +83,16 @@ def running_server(
 ) -> Iterator[dict]:
     """Serve ``model_dir`` with ``code_dir``'s score.py on a loopback port until the block ends.
 
-    Yields ``{"port", "url", "log", "pid", "startup_s"}``. ``code_dir`` needs score.py, serving.json and this
-    file, and ``chatft`` importable (beside them, as deployed, or through PYTHONPATH in ``env``).
+    Yields ``{"port", "url", "log", "requests_log", "pid", "startup_s"}``. ``code_dir`` needs score.py,
+    serving.json and this file, and ``chatft`` importable (beside them, as deployed, or through PYTHONPATH in ``env``).
     """
     import requests
 
     code_dir, port = Path(code_dir), port or free_port()
     environment = {key: value for key, value in (env or os.environ).items() if not key.startswith("MLFLOW_")}
     environment.update({"AML_APP_ROOT": str(code_dir), "PYTHONUNBUFFERED": "1"})
+    # score.py's request log (chatft.serving.monitoring) goes beside the server log unless the caller names one.
+    environment.setdefault("CHATFT_REQUEST_LOG", str(Path(log_path).with_name("requests.jsonl")))
     command = [sys.executable, str(code_dir / Path(__file__).name), "--entry_script", str(code_dir / "score.py")]
     command += ["--model_dir", str(Path(model_dir).resolve()), "--port", str(port)]  # the server runs in code_dir
     started = time.perf_counter()
@@ -115,6 +117,7 @@ def running_server(
                 "port": port,
                 "url": f"http://{LOOPBACK}:{port}/score",
                 "log": Path(log_path),
+                "requests_log": Path(environment["CHATFT_REQUEST_LOG"]),
                 "pid": process.pid,
                 "startup_s": time.perf_counter() - started,
             }

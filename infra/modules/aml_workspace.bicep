@@ -38,8 +38,11 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2025-09-01' = {
   properties: {
     friendlyName: 'chatft (${baseName})'
     description: 'Fine-tuning chat models (Phi-3 family) with pipelines as code.'
+    // Also where the chat endpoint's data collector writes model inputs/outputs (workspaceblobstore).
     storageAccount: storageAccountId
     keyVault: keyVaultId
+    // Online deployments created with app_insights_enabled (components/deploy_endpoint/deploy_endpoint.py) send
+    // their request telemetry and score.py's per-request JSON lines here.
     applicationInsights: applicationInsightsId
     containerRegistry: containerRegistryId
     publicNetworkAccess: 'Enabled'

@@ -1,4 +1,6 @@
-// Application Insights: Azure ML sends online-endpoint and job telemetry here.
+// Application Insights: Azure ML sends online-endpoint and job telemetry here. The chat endpoint's deployments
+// enable it (app_insights_enabled=True in components/deploy_endpoint/deploy_endpoint.py): requests, traces and
+// score.py's one JSON line per request (logger azmlinfsrv.chatft.requests).
 
 @description('Short name shared by every resource of this deployment (lowercase letters and digits).')
 param baseName string

@@ -28,6 +28,13 @@ class PrecisionError(ValueError):
     """A precision this device cannot run; the message says what to use instead."""
 
 
+def _cuda_has_bf16() -> bool:
+    """bf16 in the GPU's hardware (A100, H100), not emulated (a T4): torch counts emulation unless told not to."""
+    import torch
+
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def pick_device() -> str:
     """``cuda``, ``mps`` or ``cpu``: the first this machine has."""
     import torch
@@ -92,7 +99,7 @@ def training_precision(requested: str = "auto", device: str | None = None) -> st
         raise PrecisionError(f"precision={requested!r}; expected one of {', '.join(PRECISIONS)}")
     device = device or pick_device()
     if device == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
+        bf16_ok = _cuda_has_bf16()
         if requested == "bf16" and not bf16_ok:
             raise PrecisionError("precision=bf16: this GPU does not support bfloat16; use fp16 or auto")
         if requested == "auto":
@@ -113,7 +120,7 @@ def inference_dtype(device: str | None = None) -> str:
 
     device = device or pick_device()
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if _cuda_has_bf16() else "fp16"
     if device == "mps":
         return "fp16"
     return "fp32"

@@ -5,13 +5,18 @@ An endpoint named N lives in ``$CHATFT_HOME/endpoints/N/``:
     endpoint.json     the traffic map (written atomically by deploy_endpoint): the router's port, each deployment
                       slot (blue/green: pid, port, model version) and the traffic split, e.g. {"green": 100}
     router.log        one line per request: the slot that answered, status, milliseconds
-    blue/, green/     a slot's code and server.log (one azureml-inference-server-http process per slot)
+    blue/, green/     a slot's code, server.log and requests.jsonl (one JSON line per request, read by
+                      `make monitor`); one azureml-inference-server-http process per slot
     models/<version>/ the registered model, downloaded once per version
 
 Clients call the router at ``http://127.0.0.1:<port>/score``; it forwards each request to a slot by the map
 (re-read when the file changes) and names that slot in the ``azureml-model-deployment`` response header. This is how
 an Azure ML managed endpoint behaves: its scoring URI stays put while deployments come and go, and the same
-request header pins a request to one deployment. A router, rather than clients reading the map themselves, keeps
+request header pins a request to one deployment. ``POST /v1/chat/completions`` (where an OpenAI client's
+``base_url=http://127.0.0.1:<port>/v1`` leads) goes to the slot's ``/score``, marked as that route; a streamed
+answer (server-sent events) is passed on chunk by chunk, and a client that leaves closes the slot's connection,
+which cancels its generation. A body over the slot's ``max_body_bytes`` (its serving.json) gets 413 here, before
+anything is forwarded. A router, rather than clients reading the map themselves, keeps
 ``curl``, the benchmark and Prompt Flow on one URL that survives every blue/green swap, at the cost of one loopback
 hop (well under a millisecond next to a generation).
 
@@ -35,6 +40,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from chatft.serving.contract import CHAT_ROUTE, ROUTE_HEADER
+
 LAUNCHER = "serve_local.py"  # a deployment slot's process; a PID running anything else is not ours
 ROUTER_MODULE = "chatft.local_server"  # the router's process (python -m chatft.local_server)
 MAP_FILE = "endpoint.json"
@@ -42,6 +49,12 @@ DEPLOYMENT_HEADER = "azureml-model-deployment"  # Azure ML's header: pins a requ
 LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT_S = 15
 FORWARD_TIMEOUT_S = 600  # a long CPU generation: 1024 tokens at ~18 tokens/s is ~60 s; generous for a slow box
+SERVING_FILE = "serving.json"  # a slot's serving settings, in <endpoint>/<slot>/code/
+ROUTER_MAX_BODY_BYTES = 16 * 1024 * 1024  # the router's own bound, when a slot's serving.json cannot be read
+DRAIN_BYTES = 64 * 1024 * 1024  # a refused body up to this size is read and dropped, so the client sees the answer
+# Paths the router serves -> the slot's path. The OpenAI route goes to the server's one scoring route, /score,
+# marked with ROUTE_HEADER so that score.py takes only the chat-completions shape there.
+ROUTES = {"/score": "/score", CHAT_ROUTE: "/score", "/": "/", "/swagger.json": "/swagger.json"}
 # Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the ones the router sets itself.
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date", "upgrade"}
 
@@ -196,6 +209,8 @@ class _RouterHandler(BaseHTTPRequestHandler):
         if slot:
             self.send_header(DEPLOYMENT_HEADER, slot)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -203,33 +218,88 @@ class _RouterHandler(BaseHTTPRequestHandler):
         body = json.dumps({"message": message}).encode()
         self._reply(status, body, [("Content-Type", "application/json")], slot)
 
+    def _discard_body(self, length: int) -> None:
+        """Read and drop a body we will not forward, so the client gets to read our answer; past DRAIN_BYTES the
+        connection is closed instead (its unread bytes would otherwise be taken for the next request)."""
+        left = min(length, DRAIN_BYTES)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 65536))
+            if not chunk:
+                break
+            left -= len(chunk)
+        if length > DRAIN_BYTES:
+            self.close_connection = True
+
     def _forward(self) -> None:
         self.started, self.slot = time.perf_counter(), None
+        path = self.path.split("?", 1)[0]
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             return self._error(411, "send the body with a Content-Length (chunked uploads are not supported)")
         try:
             length = int(self.headers.get("Content-Length") or 0)
+            if length < 0:
+                raise ValueError
         except ValueError:
             self.close_connection = True
-            return self._error(400, f"Content-Length is not a number: {self.headers.get('Content-Length')!r}")
-        body = self.rfile.read(length) if length > 0 else None
+            return self._error(400, f"Content-Length is not a byte count: {self.headers.get('Content-Length')!r}")
+        if path not in ROUTES:
+            self._discard_body(length)
+            return self._error(404, f"no route {path!r}; this endpoint serves {', '.join(ROUTES)}")
         try:
             slot, port = route(self.server.map.get(), self.headers.get(DEPLOYMENT_HEADER), self.server.rng)
         except NoRoute as err:
+            self._discard_body(length)
             return self._error(err.status, str(err))
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS and k.lower() != "host"}
+        limit = self.server.body_limit(slot)
+        if length > limit:
+            # Refused here, before a byte goes to the slot: a slot that answers 413 and closes while the body is
+            # still being forwarded would leave the router with a broken pipe (a 502).
+            self._discard_body(length)
+            self.close_connection = True
+            return self._error(413, f"request body is {length} bytes; the limit is {limit}", slot)
+        body = self.rfile.read(length) if length > 0 else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS | {"host", ROUTE_HEADER}}
+        if path == CHAT_ROUTE:
+            headers[ROUTE_HEADER] = CHAT_ROUTE
         upstream = http.client.HTTPConnection(LOOPBACK, port, timeout=FORWARD_TIMEOUT_S)
         try:
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-        except OSError as err:
-            return self._error(502, f"deployment {slot} ({LOOPBACK}:{port}) did not answer: {err}", slot)
+            try:
+                upstream.request(self.command, ROUTES[path], body=body, headers=headers)
+                response = upstream.getresponse()
+                streamed = response.getheader("Content-Length") is None
+                data = b"" if streamed else response.read()
+            except OSError as err:
+                return self._error(502, f"deployment {slot} ({LOOPBACK}:{port}) did not answer: {err}", slot)
+            passed = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_HEADERS | {DEPLOYMENT_HEADER}]
+            if streamed:
+                return self._relay(response, passed, slot)
+            self._reply(response.status, data, passed, slot)
         finally:
-            upstream.close()
-        passed = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_HEADERS | {DEPLOYMENT_HEADER}]
-        self._reply(response.status, data, passed, slot)
+            upstream.close()  # a client gone mid-stream: the slot's next write fails and it cancels the generation
+
+    def _relay(self, response, headers: list[tuple[str, str]], slot: str) -> None:
+        """Pass a streamed answer (server-sent events) on chunk by chunk, as it comes."""
+        self.slot = slot
+        self.send_response(response.status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header(DEPLOYMENT_HEADER, slot)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            while True:
+                try:
+                    chunk = response.read1(65536)
+                except (OSError, http.client.HTTPException):
+                    chunk = b""  # the slot went away mid-answer: end the stream, the client sees it cut short
+                    self.close_connection = True
+                if not chunk:
+                    break
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client left: stop reading; closing upstream tells the slot
+            self.close_connection = True
 
     def log_request(self, code="-", size="-"):
         took = (time.perf_counter() - getattr(self, "started", time.perf_counter())) * 1000
@@ -244,6 +314,26 @@ class Router(ThreadingHTTPServer):
         super().__init__((LOOPBACK, port), _RouterHandler)
         self.map = _MapCache(map_path)
         self.rng = random.Random()
+        self._limits: dict[Path, tuple[tuple, int]] = {}
+
+    def body_limit(self, slot: str) -> int:
+        """The slot's own max_body_bytes (its code/serving.json), else the router's bound ROUTER_MAX_BODY_BYTES."""
+        from chatft.serving.settings import load_serving_settings
+
+        path = self.map.path.parent / slot / "code" / SERVING_FILE
+        try:
+            stat = path.stat()
+            key = (stat.st_ino, stat.st_mtime_ns)
+        except FileNotFoundError:
+            return ROUTER_MAX_BODY_BYTES
+        cached = self._limits.get(path)
+        if cached is None or cached[0] != key:
+            try:
+                limit = load_serving_settings(path)["max_body_bytes"]
+            except ValueError:
+                limit = ROUTER_MAX_BODY_BYTES
+            cached = self._limits[path] = (key, limit)
+        return cached[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -83,10 +83,10 @@ def test_azure_first_deploy_creates_blue_smoke_tests_it_then_routes_to_it(deploy
     (deployment,) = client.payloads("online_deployments.begin_create_or_update")
     assert deployment["name"] == "blue" and deployment["endpoint_name"] == "chat-ft"
     assert deployment["type"] == "managed"
-    assert deployment["instance_type"] == compute["instance_type"] == "Standard_NC6s_v3"
+    assert deployment["instance_type"] == compute["instance_type"] == "Standard_NC8as_T4_v3"
     assert deployment["instance_count"] == compute["instance_count"] == 1
     assert deployment["model"] == "azureml:chat-ft:3" and deployment["tags"] == {"model": "chat-ft:3"}
-    assert deployment["environment"] == "azureml:chatft-inference:1"
+    assert deployment["environment"] == "azureml:chatft-inference:2"
     assert deployment["code_configuration"]["scoring_script"] == "score.py"
     assert {"score.py", "serving.json", "chatft/model_source.py"} <= set(deployment["_uploaded_files"])
     assert not {"deploy_endpoint.py", "serve_local.py", "component.yml"} & set(deployment["_uploaded_files"])
@@ -102,7 +102,7 @@ def test_azure_objects_load_back_with_the_sdk_schemas(deploy, tmp_path):
     from azure.ai.ml import load_online_deployment, load_online_endpoint
 
     client = FakeMLClient()
-    deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
+    deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC8as_T4_v3", 1)
     endpoint = client.payloads("online_endpoints.begin_create_or_update")[-1]
     deployment = {k: v for k, v in client.payloads("online_deployments.begin_create_or_update")[0].items()}
     deployment.pop("_uploaded_files")
@@ -111,14 +111,14 @@ def test_azure_objects_load_back_with_the_sdk_schemas(deploy, tmp_path):
     (tmp_path / "deployment.yml").write_text(yaml.safe_dump(json.loads(json.dumps(deployment))))
     assert load_online_endpoint(tmp_path / "endpoint.yml").traffic == {"blue": 100}
     reloaded = load_online_deployment(tmp_path / "deployment.yml")
-    assert reloaded.instance_type == "Standard_NC6s_v3" and reloaded.request_settings.request_timeout_ms > 0
+    assert reloaded.instance_type == "Standard_NC8as_T4_v3" and reloaded.request_settings.request_timeout_ms > 0
     assert reloaded.environment_variables["WORKER_COUNT"]
 
 
 def test_azure_smoke_requests_pass_the_scoring_contract(deploy):
     score = _load(COMPONENT / "score.py", "score_for_deploy_test")
     client = FakeMLClient()
-    deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
+    deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC8as_T4_v3", 1)
     requests = [call["request"] for call in client.payloads("online_endpoints.invoke")]
     assert requests == list(deploy.SMOKE_REQUESTS)
     for request in requests:
@@ -130,14 +130,14 @@ def test_azure_smoke_requests_pass_the_scoring_contract(deploy):
 def test_azure_one_blank_sampled_answer_is_asked_again(deploy):
     client = FakeMLClient()
     client.invoke_replies["blue"] = ['{"output": ""}', '{"output": "Unplug it."}', '{"output": "Check the cable."}']
-    info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
+    info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC8as_T4_v3", 1)
     assert client.sequence().count("online_endpoints.invoke") == 3
     assert info["smoke_test_outputs"] == ["Unplug it.", "Check the cable."]
 
 
 def test_azure_new_version_goes_blue_to_green_then_blue_is_deleted(deploy):
     client = FakeMLClient().with_live("chat-ft", "blue", "chat-ft:3")
-    info = deploy.deploy_azure(client, MODEL_INFO_4, "chat-ft", "Standard_NC6s_v3", 1)
+    info = deploy.deploy_azure(client, MODEL_INFO_4, "chat-ft", "Standard_NC8as_T4_v3", 1)
 
     assert client.sequence() == [
         "online_endpoints.get",
@@ -161,14 +161,14 @@ def test_azure_new_version_goes_blue_to_green_then_blue_is_deleted(deploy):
     assert info["traffic"] == {"green": 100}
 
     # The next version goes back to blue.
-    again = deploy.deploy_azure(client, {**MODEL_INFO, "version": "5"}, "chat-ft", "Standard_NC6s_v3", 1)
+    again = deploy.deploy_azure(client, {**MODEL_INFO, "version": "5"}, "chat-ft", "Standard_NC8as_T4_v3", 1)
     assert again["deployment_name"] == "blue" and again["previous_deployment"] == "green"
     assert set(client.deployments) == {("chat-ft", "blue")}
 
 
 def test_azure_redeploy_of_the_live_version_only_smoke_tests_it(deploy):
     client = FakeMLClient().with_live("chat-ft", "green", "chat-ft:3")
-    info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1)
+    info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC8as_T4_v3", 1)
     assert client.sequence() == [
         "online_endpoints.get",
         "online_deployments.get",
@@ -182,7 +182,7 @@ def test_azure_redeploy_of_the_live_version_only_smoke_tests_it(deploy):
 
 def test_azure_force_redeploys_the_live_version_to_the_other_slot(deploy):
     client = FakeMLClient().with_live("chat-ft", "green", "chat-ft:3")
-    info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC6s_v3", 1, force=True)
+    info = deploy.deploy_azure(client, MODEL_INFO, "chat-ft", "Standard_NC8as_T4_v3", 1, force=True)
     assert "online_deployments.get" not in client.sequence()
     assert info["deployment_name"] == "blue" and info["previous_deployment"] == "green" and not info["reused"]
 
@@ -207,7 +207,7 @@ def test_azure_failed_smoke_test_deletes_the_new_slot_and_keeps_traffic(deploy, 
     else:
         client.create_error = http_error(500, "container crashed")
     with pytest.raises(deploy.DeployError, match=expected) as raised:
-        deploy.deploy_azure(client, MODEL_INFO_4, "chat-ft", "Standard_NC6s_v3", 1)
+        deploy.deploy_azure(client, MODEL_INFO_4, "chat-ft", "Standard_NC8as_T4_v3", 1)
     assert "rolled back: deployment green deleted; traffic stays {'blue': 100}" in str(raised.value)
     updates = client.payloads("online_endpoints.begin_create_or_update")
     assert [update["traffic"] for update in updates] == [{"blue": 100}]  # never routed to green
@@ -218,13 +218,34 @@ def test_azure_failed_smoke_test_deletes_the_new_slot_and_keeps_traffic(deploy, 
 def test_azure_serving_settings_reach_the_deployment(deploy, tmp_path):
     serving = json.loads((COMPONENT / "serving.json").read_text())
     serve_local = _load(COMPONENT / "serve_local.py", "serve_local_for_deploy_test")
-    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC8as_T4_v3", 1, tmp_path)
     limits = deployment.request_settings
     assert limits.max_concurrent_requests_per_instance == serving["max_concurrent_requests_per_instance"]
     assert limits.request_timeout_ms == serving["request_timeout_ms"]
     # The same worker/thread variables as the local server gets, so both serve alike.
-    assert deployment.environment_variables == serve_local.server_environment(serving)
+    assert deployment.environment_variables == {
+        **serve_local.server_environment(serving),
+        "APP_INSIGHTS_LOG_RESPONSE_ENABLED": "false",  # else the server's App Insights hook buffers every stream
+    }
     assert deployment.environment_variables["WORKER_COUNT"] == str(serving["worker_count"])
+
+
+def test_azure_deployment_collects_inputs_outputs_and_enables_app_insights(deploy, tmp_path):
+    deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC8as_T4_v3", 1, tmp_path)
+    assert deployment.app_insights_enabled is True
+    collector = deployment.data_collector
+    assert collector.sampling_rate == 1.0
+    assert {name: c.enabled for name, c in collector.collections.items()} == {
+        "model_inputs": "true",
+        "model_outputs": "true",
+    }
+    # What goes over the wire (the SDK's own serializer): the names score.py's Collector(name=...) writes to.
+    rest = deployment._to_rest_object(location="westeurope").properties
+    assert rest.app_insights_enabled is True
+    modes = {name: c.data_collection_mode.lower() for name, c in rest.data_collector.collections.items()}
+    assert modes == {"model_inputs": "enabled", "model_outputs": "enabled"}
+    score = (COMPONENT / "score.py").read_text()
+    assert 'Collector(name="model_inputs"' in score and 'Collector(name="model_outputs"' in score
 
 
 def test_a_bad_serving_json_stops_the_deployment(deploy, tmp_path, monkeypatch):
@@ -233,7 +254,7 @@ def test_a_bad_serving_json_stops_the_deployment(deploy, tmp_path, monkeypatch):
     (tmp_path / "serving.json").write_text('{"worker_count": 1}')
     monkeypatch.setattr(deploy, "HERE", tmp_path)
     with pytest.raises(deploy.DeployError, match=r"serving.json: unknown key\(s\) -, missing key\(s\)"):
-        deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC6s_v3", 1, tmp_path)
+        deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC8as_T4_v3", 1, tmp_path)
 
 
 def test_azure_client_needs_the_job_environment(deploy, monkeypatch):

@@ -125,3 +125,9 @@ def test_tool_reports_the_endpoints_refusal(tool_module, endpoint):
     connection = tool_module.CustomConnection(configs={"endpoint": endpoint["url"]}, secrets={"key": "test-key"})
     with pytest.raises(tool_module.EndpointError, match=r"HTTP 400: .*max_new_tokens=0 is out of range"):
         tool_module.chat_endpoint(connection, "Hi", [], max_new_tokens=0)
+
+
+def test_readme_states_the_retirement_and_the_alternative():
+    readme = (FLOW / "README.md").read_text(encoding="utf-8")
+    assert "2026-04-20" in readme and "2027-04-20" in readme and "read-only" in readme
+    assert 'OpenAI(base_url="http://127.0.0.1:8890/v1"' in readme and "stream=True" in readme

@@ -1,4 +1,6 @@
-"""A recording fake of ``azure.ai.ml.MLClient``: a simulation for offline tests, not Azure.
+"""A recording fake of ``azure.ai.ml.MLClient``: a simulation for offline tests, not Azure. SUPERSEDED by
+tests/helpers/azure_transport.py (a real MLClient over a simulated REST API); kept only until the retrain, endpoint
+and deploy_endpoint tests move there, then deleted.
 
 Azure cannot be reached from these machines. This fake implements only the operations the code under test calls
 (``pipelines/`` and ``components/deploy_endpoint``): jobs, data, environments, components, compute, schedules,
@@ -29,14 +31,14 @@ WORKSPACE_ID = "/subscriptions/0000/resourceGroups/rg-test/providers/Microsoft.M
 VM_SIZES = {
     "Standard_NC24ads_A100_v4": ("standardNCADSA100v4Family", 24, 1),
     "Standard_D4s_v3": ("standardDSv3Family", 4, 0),
-    "Standard_NC6s_v3": ("standardNCSv3Family", 6, 1),
+    "Standard_NC8as_T4_v3": ("standardNCASv3_T4Family", 8, 1),
 }
 
-# Enough quota for the azure preset: 24 GPU vCPUs, 8 CPU vCPUs, 24 endpoint vCPUs (2 slots x (1 + reserve) x 6).
+# Enough quota for the azure preset: 24 GPU vCPUs, 8 CPU vCPUs, 32 endpoint vCPUs (2 slots x (1 + reserve) x 8).
 AMPLE_QUOTA = {
     "standardNCADSA100v4Family": (48, 0),
     "standardDSv3Family": (24, 0),
-    "standardNCSv3Family": (24, 0),
+    "standardNCASv3_T4Family": (64, 0),
     "TotalDedicatedCores": (100, 0),
 }
 
@@ -333,6 +335,8 @@ class FakeMLClient:
         self.online_endpoints = _Endpoints(self)
         self.online_deployments = _Deployments(self)
         self.models = _Models(self)
+        self.workspace_name = "ws"
+        self.workspaces = SimpleNamespace(get=lambda name: SimpleNamespace(name=name, location=region))
 
     def record(self, operation: str, details) -> None:
         self.calls.append((operation, details))

@@ -26,9 +26,11 @@ class _KeyedEndpoint(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.headers.get("Authorization") != f"Bearer {KEY}":
             status, reply = 401, {"message": "invalid key"}  # what a real endpoint says: nothing of the key
-        else:
-            turns = body["input_data"]["input_string"]
-            status, reply = 200, {"output": f"reply to {turns[-1]['content']!r} after {len(turns) - 1} turns"}
+        else:  # the seed's shape, or chat completions (`chat` asks with stream=true; this one answers in one piece)
+            turns = body["messages"] if "messages" in body else body["input_data"]["input_string"]
+            text = f"reply to {turns[-1]['content']!r} after {len(turns) - 1} turns"
+            chat = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+            status, reply = 200, chat if "messages" in body else {"output": text}
         data = json.dumps(reply).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

@@ -78,7 +78,7 @@ def test_compute_and_endpoint_size_come_from_infra_compute_json(local_job):
     assert local_job.jobs["tuned"].compute == compute["gpu_cluster"]["name"]
     assert local_job.jobs["evaluation"].compute == compute["gpu_cluster"]["name"]
     deploy = local_job.jobs["endpoint_deployment"]
-    assert binding(deploy, "instance_type") == compute["online_endpoint"]["instance_type"] == "Standard_NC6s_v3"
+    assert binding(deploy, "instance_type") == compute["online_endpoint"]["instance_type"] == "Standard_NC8as_T4_v3"
     assert binding(deploy, "instance_count") == compute["online_endpoint"]["instance_count"] == 1
     assert compute["gpu_cluster"]["vm_size"] == "Standard_NC24ads_A100_v4"
 

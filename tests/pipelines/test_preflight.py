@@ -1,4 +1,6 @@
-"""Preflight, offline: quota against the recording fake MLClient, token and cost arithmetic against small inputs."""
+"""Preflight, offline: quota read by a real MLClient from the REST API simulation (tests/helpers/azure_transport.py,
+payloads shaped like the REST spec's Usage/list and VirtualMachineSize/list examples), token and cost arithmetic
+against small inputs."""
 
 from __future__ import annotations
 
@@ -7,11 +9,11 @@ import json
 import pytest
 
 from pipelines import preflight
-from pipelines.azure_backend import SubmitOptions
+from pipelines.azure.cli import SubmitOptions
 from pipelines.settings import PROJECT_ROOT, load_compute, load_settings
-from tests.helpers.fake_azure import AMPLE_QUOTA, FakeMLClient
 
 AZURE = PROJECT_ROOT / "pipelines/config/azure.yaml"
+A100, DSV3, T4 = "standardNCADSA100v4Family", "standardDSv3Family", "standardNCASv3_T4Family"
 
 
 @pytest.fixture
@@ -19,62 +21,123 @@ def settings():
     return load_settings(AZURE)
 
 
-def test_quota_need_is_vcpus_times_nodes_per_family_and_the_endpoint_keeps_an_upgrade_reserve(settings):
-    rows, region = preflight.check_quota(FakeMLClient(), preflight.quota_needs(settings, load_compute()))
+def set_usage(sim, label: str, current: int | None, limit: int) -> None:
+    """Set the subscription-level entry 'Standard <label> Family Cluster Dedicated vCPUs' (or the regional total)."""
+    name = (
+        "Total Cluster Dedicated Regional vCPUs"
+        if label == "total"
+        else f"Standard {label} Family Cluster Dedicated vCPUs"
+    )
+    (entry,) = [u for u in sim.usages if u["name"]["value"] == name and "/workspaces/" not in u["id"]]
+    entry["limit"] = limit
+    if current is None:
+        del entry["currentValue"]
+    else:
+        entry["currentValue"] = current
+
+
+def test_need_and_availability_come_from_the_rest_payloads_per_family_and_in_total(settings, azure_sim):
+    """Defect 1: the SDK's VmSize/Usage carry the wire's camelCase keys (vCPUs, currentValue, name as a dict); the
+    old preflight read the snake_case attributes, which are None, and crashed with a TypeError."""
+    rows, region = preflight.check_quota(azure_sim.client(), preflight.quota_needs(settings, load_compute()))
     by_family = {row.family: row for row in rows}
     assert region == "eastus2"
-    # compute.json: 1 x NC24ads_A100_v4 (24 vCPUs), 2 x D4s_v3 (4), endpoint 1 x NC6s_v3 (6): ceil(1.2 x 1) = 2
+    # compute.json: 1 x NC24ads_A100_v4 (24 vCPUs), 2 x D4s_v3 (4), endpoint 1 x NC8as_T4_v3 (8): ceil(1.2 x 1) = 2
     # instances per deployment, and blue and green side by side during a rollout.
-    assert by_family["standardNCADSA100v4Family"].need == 24
-    assert by_family["standardDSv3Family"].need == 8
-    assert by_family["standardNCSv3Family"].need == 2 * 2 * 6
-    assert by_family["total dedicated regional vCPUs"].need == 24 + 8 + 24
-    # The subscription-level entry (limit 48) is compared, not the per-workspace share (limit 0).
-    assert by_family["standardNCADSA100v4Family"].available == 48
+    assert (by_family[A100].need, by_family[A100].available, by_family[A100].limit) == (24, 48, 48)
+    assert (by_family[DSV3].need, by_family[DSV3].available) == (8, 24 - 4)
+    assert (by_family[T4].need, by_family[T4].available) == (2 * 2 * 8, 64 - 8)
+    total = by_family["total dedicated regional vCPUs"]
+    assert (total.need, total.available) == (24 + 8 + 32, 100 - 10)
+    # The subscription-level A100 entry (limit 48) is compared, not the workspace's share (limit 0) nor LowPriority.
     assert all(row.ok for row in rows)
+    assert "1 x Standard_NC24ads_A100_v4 (24 vCPUs)" in by_family[A100].purposes[0]
+    paths = [r.path for r in azure_sim.requests]
+    assert paths[0] == "{ws}" and any(p.endswith("/locations/eastus2/vmSizes") for p in paths)
+    # What make preflight prints from the same payloads.
+    text = preflight.run_preflight(settings, ml_client=azure_sim.client()).text.splitlines()
+    assert f"    {T4:<34} {32:>6} {56:>10} {64:>7}  ok" in text
+    assert f"    {'total dedicated regional vCPUs':<34} {64:>6} {90:>10} {100:>7}  ok" in text
 
 
-def test_a_local_endpoint_needs_no_endpoint_quota(settings):
-    local = load_settings(AZURE, ["deploy_endpoint.target=local"])
-    needs = preflight.quota_needs(local, load_compute())
-    assert [need.vm_size for need in needs] == ["Standard_NC24ads_A100_v4", "Standard_D4s_v3"]
+def test_a_family_with_zero_quota_blocks_and_one_the_service_does_not_report_is_said(settings, azure_sim):
+    set_usage(azure_sim, "NCASv3_T4", 0, 0)
+    report = preflight.run_preflight(settings, ml_client=azure_sim.client())
+    rows = {row.family: row for row in report.quota}
+    assert rows[T4].status == "zero quota in eastus2" and not report.ok
+    assert report.errors[0].startswith(f"{T4}: zero quota in eastus2 (need 32 vCPUs")
+
+    azure_sim.usages = [u for u in azure_sim.usages if "NCASv3_T4" not in u["name"]["value"]]
+    report = preflight.run_preflight(settings, ml_client=azure_sim.client())
+    row = next(r for r in report.quota if r.family == T4)
+    assert (row.status, row.available, row.limit) == ("no quota reported in eastus2", None, None)
+    assert report.ok and f"{T4}" in report.text and "no quota reported" in report.text
+
+
+def test_a_missing_current_value_is_unknown_not_zero(settings, azure_sim):
+    """Reading a missing currentValue as 0 would report the whole limit as free."""
+    set_usage(azure_sim, "NCADSA100v4", None, 48)
+    report = preflight.run_preflight(settings, ml_client=azure_sim.client())
+    row = next(r for r in report.quota if r.family == A100)
+    assert (row.status, row.available, row.limit) == ("usage not reported in eastus2", None, 48)
+    assert not row.ok and "usage not reported" in report.text
 
 
 @pytest.mark.parametrize(
     ("gpu_quota", "status"),
-    [((0, 0), "zero quota in eastus2"), ((30, 12), "short by 6"), ((24, 0), "ok")],
+    [((0, 0), "zero quota in eastus2"), ((12, 30), "short by 6"), ((0, 24), "ok")],
 )
-def test_gpu_family_quota_is_judged_on_what_is_free(settings, gpu_quota, status):
-    client = FakeMLClient(quota=AMPLE_QUOTA | {"standardNCADSA100v4Family": gpu_quota})
-    report = preflight.run_preflight(settings, ml_client=client)
-    row = next(r for r in report.quota if r.family == "standardNCADSA100v4Family")
+def test_gpu_family_quota_is_judged_on_what_is_free(settings, azure_sim, gpu_quota, status):
+    set_usage(azure_sim, "NCADSA100v4", *gpu_quota)
+    report = preflight.run_preflight(settings, ml_client=azure_sim.client())
+    row = next(r for r in report.quota if r.family == A100)
     assert row.status == status
     assert report.ok is (status == "ok")
     if status != "ok":
+        current, limit = gpu_quota
+        free = f"{limit - current} available of limit {limit}" if limit else "limit 0"
         assert report.errors == [
-            f"standardNCADSA100v4Family: {status} (need 24 vCPUs, {gpu_quota[0] - gpu_quota[1]} available of limit "
-            f"{gpu_quota[0]}); request more in Azure ML studio → Quota (or the Azure portal → Quotas → Machine "
-            "learning), or lower max_nodes / pick another size in infra/compute.json"
+            f"{A100}: {status} (need 24 vCPUs, {free}); request more in Azure ML studio → Quota "
+            "(or the Azure portal → Quotas → Machine learning), or lower max_nodes / pick another size in "
+            "infra/compute.json"
         ]
 
 
-def test_the_regional_total_can_fail_on_its_own(settings):
-    report = preflight.run_preflight(
-        settings, ml_client=FakeMLClient(quota=AMPLE_QUOTA | {"TotalDedicatedCores": (40, 0)})
-    )
+def test_the_regional_total_can_fail_on_its_own(settings, azure_sim):
+    set_usage(azure_sim, "total", 0, 40)
+    report = preflight.run_preflight(settings, ml_client=azure_sim.client())
     assert not report.ok
-    assert report.errors[0].startswith("total dedicated regional vCPUs: short by 16")
+    assert report.errors[0].startswith("total dedicated regional vCPUs: short by 24")
 
 
-def test_a_size_the_region_does_not_offer_fails_with_a_pointer_to_compute_json(settings, monkeypatch):
+def test_no_permission_to_read_quota_is_a_403_that_is_explained_and_does_not_block(settings, azure_sim):
+    azure_sim.quota_forbidden = True
+    report = preflight.run_preflight(settings, ml_client=azure_sim.client())
+    assert report.ok and report.quota == []
+    assert "not checked: no permission to read quota" in report.text
+    assert [r.status for r in azure_sim.requests if "/locations/" in r.path] == [403]
+
+
+def test_a_size_the_region_does_not_offer_fails_with_a_pointer_to_compute_json(settings, monkeypatch, azure_sim):
     compute = load_compute()
     compute["gpu_cluster"] = compute["gpu_cluster"] | {"vm_size": "Standard_ND96isr_H200_v5"}
     monkeypatch.setattr(preflight, "load_compute", lambda: compute)
-    report = preflight.run_preflight(settings, ml_client=FakeMLClient())
+    report = preflight.run_preflight(settings, ml_client=azure_sim.client())
     assert not report.ok
     assert (
         "Standard_ND96isr_H200_v5 is not offered in eastus2: pick another size in infra/compute.json" in report.errors
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Standard NCASv3_T4 Family Cluster Dedicated vCPUs", "standardNCASv3_T4Family", "Standard_NCASv3_T4_Family"],
+)
+def test_a_family_matches_its_usage_in_every_spelling_the_service_uses(name):
+    """The size listing says standardNCASv3_T4Family; the REST spec's usage examples say 'Standard NCASv3_T4 Family
+    Cluster Dedicated vCPUs' (the az CLI shows the first form in usage names too)."""
+    assert preflight._family_key(name) == preflight._family_key(T4) == "ncasv3t4"
+    assert preflight._family_key("Standard NCASv3_T4 Family Cluster LowPriority vCPUs") is None
 
 
 def test_dry_run_estimates_cost_without_any_client(settings):
@@ -92,7 +155,7 @@ def test_dry_run_estimates_cost_without_any_client(settings):
 
 def test_cost_is_tokens_over_throughput_times_price_plus_overheads(settings, tmp_path):
     overrides = {
-        "prices": {"vm_hourly": {"Standard_NC24ads_A100_v4": 4.0, "Standard_D4s_v3": 0.2, "Standard_NC6s_v3": 3.0}},
+        "prices": {"vm_hourly": {"Standard_NC24ads_A100_v4": 4.0, "Standard_D4s_v3": 0.2, "Standard_NC8as_T4_v3": 3.0}},
         "throughput": {"training_tokens_per_second": {"Standard_NC24ads_A100_v4": 1000}},
         "overhead": {"gpu_step_minutes": 6, "cpu_step_minutes": 12},
     }
@@ -199,7 +262,7 @@ def test_cli_dry_run_prints_the_table_offline(capsys, tmp_path):
     assert "not checked: dry run" in out and "1 local records" in out
 
 
-def test_cli_fails_with_exit_3_on_zero_quota(capsys):
-    client = FakeMLClient(quota=AMPLE_QUOTA | {"standardNCSv3Family": (0, 0)})
-    assert preflight.main(preflight.parse_args([]), ml_client=client) == 3
-    assert "standardNCSv3Family: zero quota in eastus2" in capsys.readouterr().out
+def test_cli_fails_with_exit_3_on_zero_quota(capsys, azure_sim):
+    set_usage(azure_sim, "NCASv3_T4", 0, 0)
+    assert preflight.main(preflight.parse_args([]), ml_client=azure_sim.client()) == 3
+    assert f"{T4}: zero quota in eastus2" in capsys.readouterr().out

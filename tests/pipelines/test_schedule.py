@@ -1,4 +1,6 @@
-"""make schedule / unschedule, offline: the JobSchedule the fake MLClient receives, and the dry-run YAML."""
+"""make schedule / unschedule, offline: the JobSchedule a real MLClient sends to the Azure ML REST simulation
+(tests/helpers/azure_transport.py), through the SDK's serializer and long-running-operation poller, and the dry-run
+YAML."""
 
 from __future__ import annotations
 
@@ -8,42 +10,38 @@ import pytest
 
 from pipelines import schedule
 from pipelines.settings import PROJECT_ROOT, SettingsError, load_settings
-from tests.helpers.fake_azure import AMPLE_QUOTA, FakeMLClient
 
 AZURE = PROJECT_ROOT / "pipelines/config/azure.yaml"
 
 
-def create(client, tmp_path, dry_run=False, config=AZURE):
+def create(ml_client, tmp_path, dry_run=False, config=AZURE):
     return schedule.main(
         schedule.parse_args(
             ["create", "--config", str(config), "--output-root", str(tmp_path)] + ["--dry-run"] * dry_run
         ),
-        ml_client=client,
+        ml_client=ml_client,
     )
 
 
-def test_schedule_create_or_update_gets_a_cron_job_schedule_around_the_validated_pipeline(tmp_path, capsys):
-    from azure.ai.ml.entities import CronTrigger, JobSchedule, PipelineJob
-
-    client = FakeMLClient()
-    assert create(client, tmp_path) == 0
-    names = client.sequence()
-    assert names[:2] == ["compute.list_sizes", "compute.list_usage"]
-    assert names[-1] == "schedules.begin_create_or_update"
-    assert "jobs.create_or_update" not in names, "scheduling submits nothing by itself"
-    sent = client.schedules.store["chatft-weekly"]
-    assert isinstance(sent, JobSchedule) and isinstance(sent.trigger, CronTrigger)
-    assert (sent.trigger.expression, sent.trigger.time_zone) == ("0 3 * * 1", "UTC")  # pipelines/config/azure.yaml
-    job = sent.create_job
-    assert isinstance(job, PipelineJob) and job._validate().passed
-    assert job.settings.force_rerun is False  # unchanged steps are reused: an unchanged scheduled run is cheap
-    assert job.jobs["tuned"].compute == "gpu-a100"
+def test_schedule_create_sends_a_cron_schedule_around_the_pipeline_of_registered_components(
+    azure_sim, tmp_path, capsys
+):
+    assert create(azure_sim.client(), tmp_path) == 0
+    methods = [r.method for r in azure_sim.requests]
+    assert methods[:3] == ["GET", "GET", "GET"]  # the workspace, its sizes, its usages: preflight first
+    assert not azure_sim.sent("PUT", "/jobs/"), "scheduling submits nothing by itself"
+    (put,) = azure_sim.sent("PUT", "/schedules/chatft-weekly$")
+    assert azure_sim.sent("GET", "/mfeOperationsStatus/"), "the SDK polled the long-running create"
+    body = put.body["properties"]
+    assert body["trigger"]["triggerType"] == "Cron"
+    assert (body["trigger"]["expression"], body["trigger"]["timeZone"]) == ("0 3 * * 1", "UTC")
+    job = body["action"]["jobDefinition"]
+    assert body["action"]["actionType"] == "CreateJob" and job["jobType"] == "Pipeline"
+    assert job["settings"]["force_rerun"] is False  # unchanged steps are reused: an unchanged scheduled run is cheap
+    assert job["jobs"]["tuned"]["computeId"].endswith("/computes/gpu-a100")
     # The schedule runs the registered components, like make submit.
-    assert all(node.component.id and "/components/" in node.component.id for node in job.jobs.values())
-    # It serialises with the SDK's own schema.
-    body = sent._to_dict()
-    assert body["trigger"] == {"type": "cron", "expression": "0 3 * * 1", "time_zone": "UTC"}
-    assert body["create_job"]["settings"]["force_rerun"] is False
+    registered = {r.path.split("/components/")[1] for r in azure_sim.sent("PUT", "/components/")}
+    assert {node["componentId"].split("/components/")[1] for node in job["jobs"].values()} == registered
     assert "Schedule chatft-weekly: 0 3 * * 1 (UTC)" in capsys.readouterr().out
 
 
@@ -51,9 +49,7 @@ def test_dry_run_writes_a_schedule_yaml_the_sdk_loads_back(tmp_path):
     from azure.ai.ml.entities import PipelineJob
     from azure.ai.ml.entities._load_functions import load_schedule  # not re-exported by azure.ai.ml in 1.35
 
-    client = FakeMLClient()
-    assert create(client, tmp_path, dry_run=True) == 0
-    assert client.calls == []
+    assert create(None, tmp_path, dry_run=True) == 0
     loaded = load_schedule(tmp_path / "azure" / "schedule.yml")
     assert loaded.name == "chatft-weekly"
     assert (loaded.trigger.expression, loaded.trigger.time_zone) == ("0 3 * * 1", "UTC")
@@ -61,25 +57,41 @@ def test_dry_run_writes_a_schedule_yaml_the_sdk_loads_back(tmp_path):
     assert loaded.create_job.settings.force_rerun is False
 
 
-def test_zero_quota_creates_no_schedule(tmp_path):
-    client = FakeMLClient(quota=AMPLE_QUOTA | {"standardNCADSA100v4Family": (0, 0)})
-    assert create(client, tmp_path) == 3
-    assert client.sequence() == ["compute.list_sizes", "compute.list_usage"]
+def test_zero_quota_creates_no_schedule(azure_sim, tmp_path):
+    (gpu,) = [
+        u
+        for u in azure_sim.usages
+        if u["name"]["value"] == "Standard NCADSA100v4 Family Cluster Dedicated vCPUs" and "/workspaces/" not in u["id"]
+    ]
+    gpu["limit"] = 0
+    assert create(azure_sim.client(), tmp_path) == 3
+    assert [r.method for r in azure_sim.requests] == ["GET", "GET", "GET"]
 
 
-def test_a_preset_without_a_schedule_says_how_to_add_one(tmp_path, capsys):
+def test_a_preset_without_a_schedule_says_how_to_add_one(azure_sim, tmp_path, capsys):
     preset = tmp_path / "noschedule.yaml"
     preset.write_text(AZURE.read_text().split("\nazure:")[0] + "\n")
-    assert create(FakeMLClient(), tmp_path, config=preset) == 2
+    assert create(azure_sim.client(), tmp_path, config=preset) == 2
     assert "no azure.schedule section" in capsys.readouterr().err
+    assert azure_sim.requests == []
 
 
-def test_unschedule_disables_then_deletes(capsys):
-    client = FakeMLClient()
-    client.schedules.store["chatft-weekly"] = object()
-    assert schedule.main(schedule.parse_args(["delete"]), ml_client=client) == 0
-    assert client.sequence() == ["schedules.begin_disable", "schedules.begin_delete"]
-    assert schedule.main(schedule.parse_args(["delete"]), ml_client=client) == 0
+def test_unschedule_disables_then_deletes_and_a_missing_schedule_is_nothing_to_remove(azure_sim, capsys):
+    azure_sim.add(
+        "schedules",
+        "chatft-weekly",
+        properties={
+            "isEnabled": True,
+            "trigger": {"triggerType": "Cron", "expression": "0 3 * * 1", "timeZone": "UTC"},
+            "action": {"actionType": "CreateJob", "jobDefinition": {"jobType": "Pipeline"}},
+        },
+    )
+    assert schedule.main(schedule.parse_args(["delete"]), ml_client=azure_sim.client()) == 0
+    assert "disabled and deleted" in capsys.readouterr().out
+    (disable,) = azure_sim.sent("PUT", "/schedules/chatft-weekly$")
+    assert disable.body["properties"]["isEnabled"] is False
+    assert azure_sim.sent("DELETE", "/schedules/chatft-weekly$") and azure_sim.get("schedules", "chatft-weekly") is None
+    assert schedule.main(schedule.parse_args(["delete"]), ml_client=azure_sim.client()) == 0
     assert "does not exist: nothing to remove" in capsys.readouterr().out
 
 

@@ -1,0 +1,102 @@
+"""make submit: plan → preflight → register what is missing → submit → follow the run to its end.
+
+The run is followed by asking the workspace for its status (``jobs.get``, the ARM Jobs API) every POLL_SECONDS and
+printing each change, not with ``jobs.stream``: that one raises a JobException with a traceback when a step fails,
+and reads the run-history service besides ARM. A failed run ends with a message naming the run and its Studio URL
+(where each step's logs are) and exit code 4; see ``pipelines/azure/cli.py`` for every exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from pipelines import preflight
+from pipelines.azure.assets import ensure_assets
+from pipelines.azure.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PREFLIGHT, EXIT_RUN_FAILED, SubmitOptions
+from pipelines.azure.client import connect
+from pipelines.azure.plan import SubmissionError, SubmissionPlan, prepare, print_plan, write_dry_run
+from pipelines.settings import RunSettings
+
+FAILED_STATES = {"Failed", "Canceled", "NotResponding"}
+FINAL_STATES = FAILED_STATES | {"Completed"}
+POLL_SECONDS = 30  # a pipeline run takes minutes to hours; a status read every 30 s is plenty
+
+
+def ready_workspace(plan: SubmissionPlan, options: SubmitOptions, ml_client, action: str, nothing_done: str):
+    """What submit and schedule do before creating anything: connect, preflight against the workspace, register
+    what is missing. The client to create with; or an exit code after printing why not, in the words of ``action``
+    ("Cannot submit: ...") and ``nothing_done`` (what a failed preflight left undone)."""
+    ml_client = connect(ml_client)
+    if ml_client is None:
+        return EXIT_INVALID
+    report = preflight.run_preflight(plan.settings, plan.data, ml_client=ml_client, options=options)
+    print(report.text)
+    if not report.ok:
+        print(f"Preflight failed: {nothing_done}", file=sys.stderr)
+        return EXIT_PREFLIGHT
+    try:
+        ensure_assets(ml_client, plan)
+    except SubmissionError as err:
+        print(f"Cannot {action}: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    return ml_client
+
+
+def follow_run(ml_client, name: str, studio_url: str | None) -> int:
+    """Print the run's status as it changes until it ends; 0 when it completed, EXIT_RUN_FAILED otherwise."""
+    last = None
+    try:
+        while True:
+            reported = ml_client.jobs.get(name).status
+            status = str(getattr(reported, "value", reported))  # the SDK's JobStatus enum prints as JobStatus.FAILED
+            if status != last:
+                print(f"  {time.strftime('%H:%M:%S')}  {name}: {status}", flush=True)
+                last = status
+            if status in FINAL_STATES:
+                break
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        print(f"\nStopped following {name}; the run goes on in Azure ML: {studio_url}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if status in FAILED_STATES:
+        print(
+            f"Pipeline run {name} ended {status}. The failed step and its logs are in Azure ML studio: {studio_url} "
+            f"(or: az ml job download --name {name} --all).",
+            file=sys.stderr,
+        )
+        return EXIT_RUN_FAILED
+    print(f"Pipeline run {name} completed.")
+    return 0
+
+
+def submit(
+    settings: RunSettings,
+    dry_run: bool,
+    output_root: Path,
+    ml_client=None,
+    stream: bool = True,
+    options: SubmitOptions | None = None,
+) -> int:
+    options = options or SubmitOptions(stream=stream)
+    plan = prepare(settings, options)
+    if isinstance(plan, int):
+        return plan
+    print_plan(plan, dry_run)
+    if dry_run:
+        report = preflight.run_preflight(plan.settings, plan.data, ml_client=None, options=options)
+        print(report.text)
+        path = write_dry_run(plan, output_root)
+        print(f"Dry run: resolved pipeline written to {path}, the plan to {path.with_name('submission_plan.json')};")
+        print("nothing was created or submitted.")
+        return 0
+
+    ml_client = ready_workspace(plan, options, ml_client, "submit", "nothing was created or submitted.")
+    if isinstance(ml_client, int):
+        return ml_client
+    submitted = ml_client.jobs.create_or_update(plan.job, experiment_name=plan.settings.experiment_name)
+    print(f"Submitted {submitted.name}: {submitted.studio_url}", flush=True)
+    if not options.stream:
+        return 0
+    return follow_run(ml_client, submitted.name, submitted.studio_url)

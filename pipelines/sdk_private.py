@@ -1,0 +1,64 @@
+"""The one place that touches azure-ai-ml internals: private attributes, and behaviour the public API leaves open.
+
+Everything else in the project goes through the functions here, so an SDK upgrade that moves one of them breaks one
+module, and tests/pipelines/test_sdk_private.py (which exercises each function against the pinned azure-ai-ml)
+says which. Where a public route exists it is used instead: the registered components are wired into the pipeline
+through the DSL (pipelines/azure/assets.py), schedules are serialised with ``JobSchedule.dump``.
+
+What remains, and why there is no public route (azure-ai-ml 1.35.2):
+  * ``job._validate()``: the offline validation ``jobs.create_or_update`` runs before sending; the public
+    ``ml_client.jobs.validate`` needs a workspace.
+  * ``node.inputs[name]._data`` and a binding's ``_owner`` / ``_port_name`` / ``_name``: what a pipeline step's input
+    is bound to (an upstream output, a pipeline input, a literal). The local backend runs the same PipelineJob
+    object, and the public API only exposes these bindings as strings inside the dumped YAML.
+  * ``VmSize`` / ``Usage`` from ``compute.list_sizes()`` / ``list_usage()``: ``_from_rest_object`` copies the REST
+    payload's camelCase keys (``vCPUs``, ``currentValue``, ``name`` as a dict) onto the entity and leaves the
+    documented snake_case attributes None. ``rest_field`` reads either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def validation_errors(job) -> str | None:
+    """The SDK's own offline checks of a pipeline job; None when it passes, else the SDK's report."""
+    result = job._validate()
+    return None if result.passed else str(result)
+
+
+def input_binding(node_input) -> Any:
+    """What a step's input is bound to: a NodeOutput, a PipelineInput, an Input, a literal or None."""
+    return node_input._data
+
+
+def binding_kind(binding) -> str:
+    """``"output"`` (an upstream step's output), ``"pipeline"`` (a pipeline-level input) or ``"value"``."""
+    name = type(binding).__name__
+    return {"NodeOutput": "output", "PipelineInput": "pipeline"}.get(name, "value")
+
+
+def upstream_step(binding) -> str:
+    """The name of the step whose output ``binding`` (a NodeOutput) is."""
+    return binding._owner.name
+
+
+def port_name(binding) -> str:
+    """The output port of a NodeOutput, or the pipeline input name of a PipelineInput."""
+    return binding._port_name
+
+
+def pipeline_output_name(node_output) -> str | None:
+    """The pipeline-level output a step's output is bound to, if any."""
+    binding = getattr(node_output, "_data", None)
+    return getattr(binding, "_port_name", None) or getattr(binding, "_name", None)
+
+
+def rest_field(entity, wire_name: str, attribute: str | None = None) -> Any:
+    """A field of an entity built by ``_from_rest_object`` with ``__dict__.update(rest.as_dict())``: the wire's
+    camelCase key when present, else the documented attribute. None when neither is set (never a default)."""
+    fields = vars(entity)
+    value = fields.get(wire_name)
+    if value is None and attribute:
+        value = fields.get(attribute)
+    return value

@@ -1,0 +1,504 @@
+"""A simulation of the Azure ML REST API, for offline tests: an azure-core transport given to a real ``MLClient``.
+
+Azure cannot be reached from these machines. Instead of faking ``MLClient`` (a fake that would agree with whatever our
+code assumes), the tests build the real client::
+
+    sim = AzureRestSimulation()
+    ml_client = sim.client()        # MLClient(FakeCredential(), sub, rg, ws, transport=sim)
+
+so the SDK's own serializers, REST operation classes, long-running-operation pollers and ``_from_rest_object``
+deserializers run, and only the bytes on the wire are simulated. ``AzureRestSimulation`` is an azure-core
+``RequestsTransport`` whose ``requests`` session has an adapter that answers in-process: nothing leaves the process
+(tests/conftest.py also refuses any non-loopback socket).
+
+What it answers, and from where:
+  * response bodies have the shapes of the REST API specification's examples (Azure/azure-rest-api-specs,
+    ``specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/stable/2024-04-01/
+    examples/``); the fixture files in tests/fixtures/azure_rest/ say which example each follows;
+  * resources the SDK PUTs are stored and returned with the envelope the examples show (``id``, ``name``, ``type``,
+    ``systemData``, ``properties.provisioningState``); a GET of a missing one is 404 with ARM's error body;
+  * long-running operations answer as the examples' headers say: a PUT of a schedule, online endpoint or deployment
+    is 201 with an ``Azure-AsyncOperation`` URL that reports ``InProgress`` ``polls`` times, then ``Succeeded``;
+    a DELETE is 202 with a ``Location`` URL that answers 202 and then 200;
+  * blob uploads to the workspace's storage account (data assets, component code) are stored in ``sim.blobs``.
+
+Every request is recorded (``sim.requests``: method, URL, path, api-version, JSON body). A request no route expects
+raises ``UnexpectedRequest`` and is kept in ``sim.unexpected``; the ``azure_sim`` fixture fails the test on any, even
+one the SDK swallowed.
+
+What it cannot tell: whether the real service would accept a body (it stores what it is given; the tests validate
+entities with the SDK), or anything the service decides by itself (quota enforcement, image builds, a crashing
+container, run-history streaming beyond a job's final status). Tests set those outcomes explicitly.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import RequestsTransport
+from requests.adapters import BaseAdapter, HTTPAdapter
+from urllib3 import HTTPResponse
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azure_rest"
+
+SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
+RESOURCE_GROUP = "rg-test"
+WORKSPACE = "mlw-test"
+REGION = "eastus2"
+STORAGE_ACCOUNT = "stmlwtest"
+ARM = "https://management.azure.com"
+WORKSPACE_ID = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
+    f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
+)
+LOCATION_ID = f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.MachineLearningServices/locations/{REGION}"
+SYSTEM_DATA = {
+    "createdAt": "2026-12-01T12:00:00.000Z",
+    "createdBy": "tester@example.com",
+    "createdByType": "User",
+    "lastModifiedAt": "2026-12-01T12:00:00.000Z",
+    "lastModifiedBy": "tester@example.com",
+    "lastModifiedByType": "User",
+}
+# ARM resource types of what the workspace holds, by the path segment the SDK PUTs them under.
+RESOURCE_TYPES = {
+    "environments": "Microsoft.MachineLearningServices/workspaces/environments/versions",
+    "data": "Microsoft.MachineLearningServices/workspaces/data/versions",
+    "components": "Microsoft.MachineLearningServices/workspaces/components/versions",
+    "codes": "Microsoft.MachineLearningServices/workspaces/codes/versions",
+    "models": "Microsoft.MachineLearningServices/workspaces/models/versions",
+    "jobs": "Microsoft.MachineLearningServices/workspaces/jobs",
+    "schedules": "Microsoft.MachineLearningServices/workspaces/schedules",
+    "onlineEndpoints": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
+    "deployments": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments",
+}
+LONG_RUNNING = ("schedules", "onlineEndpoints", "deployments")  # PUTs the spec marks x-ms-long-running-operation
+
+
+class UnexpectedRequest(AssertionError):
+    """The code under test sent a request the simulation has no answer for."""
+
+
+class FakeCredential:
+    """A TokenCredential that never contacts Entra ID. Its tokens are unsigned JWTs with the claims the SDK reads
+    (``aud`` = the resource of the scope asked for, ``tid``, ``oid``), as an Entra access token carries them."""
+
+    tenant_id = "00000000-aaaa-bbbb-cccc-dddddddddddd"
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        import jwt
+
+        expires = int(time.time()) + 3600
+        audience = scopes[0].removesuffix("/.default") if scopes else ""
+        claims = {"aud": audience, "tid": self.tenant_id, "oid": "00000000-0000-0000-0000-00000000a11c", "exp": expires}
+        return AccessToken(jwt.encode(claims, key=None, algorithm="none"), expires)
+
+
+def fixture(name: str) -> dict:
+    """A JSON file of tests/fixtures/azure_rest/, without its ``_source`` note."""
+    body = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    body.pop("_source", None)
+    return body
+
+
+@dataclass
+class Recorded:
+    method: str
+    url: str
+    path: str  # without the host and query; the workspace prefix is shortened to "{ws}"
+    api_version: str | None
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any  # the JSON body decoded, raw bytes otherwise, None when empty
+    status: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None  # dict/list → JSON; bytes as is
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[["Recorded", re.Match], Reply]
+
+
+def arm_error(status: int, code: str, message: str) -> Reply:
+    """ARM's error body (ErrorResponse in the spec's common types)."""
+    return Reply(status, {"error": {"code": code, "message": message}})
+
+
+class _Adapter(BaseAdapter):
+    """A ``requests`` adapter that answers from the simulation instead of opening a connection."""
+
+    def __init__(self, sim: AzureRestSimulation):
+        super().__init__()
+        self.sim = sim
+        self._builder = HTTPAdapter()
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        reply = self.sim._answer(request)
+        if isinstance(reply.body, bytes):
+            data = reply.body
+            content_type = "application/octet-stream"
+        elif reply.body is None:
+            data, content_type = b"", None
+        else:
+            data, content_type = json.dumps(reply.body).encode(), "application/json; charset=utf-8"
+        headers = {"x-ms-request-id": "00000000-0000-0000-0000-000000000000", **reply.headers}
+        if content_type and not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = content_type
+        headers["Content-Length"] = str(len(data))
+        raw = HTTPResponse(
+            body=io.BytesIO(data), headers=headers, status=reply.status, preload_content=False, decode_content=False
+        )
+        return self._builder.build_response(request, raw)
+
+    def close(self):
+        pass
+
+
+class AzureRestSimulation(RequestsTransport):
+    """The simulated service. Keyword arguments set what the service would report; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        usages: list[dict] | None = None,
+        vm_sizes: list[dict] | None = None,
+        quota_forbidden: bool = False,
+        job_status: str | list[str] = "Completed",
+        polls: int = 1,
+    ):
+        session = requests.Session()
+        session.mount("https://", _Adapter(self))
+        session.mount("http://", _Adapter(self))
+        super().__init__(session=session, session_owner=False)
+        self.requests: list[Recorded] = []
+        self.unexpected: list[Recorded] = []
+        self.resources: dict[str, dict] = {}  # lower-cased ARM id → stored resource
+        self.blobs: dict[str, bytes] = {}  # "container/path" → content
+        self.blob_metadata: dict[str, dict[str, str]] = {}
+        self.usages = fixture("usages.json")["value"] if usages is None else usages
+        self.vm_sizes = fixture("vm_sizes.json")["value"] if vm_sizes is None else vm_sizes
+        self.quota_forbidden = quota_forbidden
+        # What successive GETs of a submitted job report; the last one stays.
+        self.job_statuses = [job_status] if isinstance(job_status, str) else list(job_status)
+        self.polls = polls
+        self._operations: dict[str, dict] = {}
+        self._job_polls: dict[str, list[str]] = {}
+        self._routes: list[tuple[str, re.Pattern, Handler]] = []
+        self._add_routes()
+
+    # ---- what tests use ----------------------------------------------------------------------------------------
+    def client(self, **kwargs):
+        """A real MLClient for the simulated workspace, sending through this transport (no retries: a test that
+        needs one says so)."""
+        from azure.ai.ml import MLClient
+
+        return MLClient(
+            FakeCredential(),
+            SUBSCRIPTION,
+            RESOURCE_GROUP,
+            WORKSPACE,
+            transport=self,
+            retry_total=0,
+            enable_telemetry=False,
+            show_progress=False,
+            **kwargs,
+        )
+
+    def route_storage(self, monkeypatch) -> None:
+        """Send the SDK's blob uploads (data assets, component code) here too: azure-storage-blob builds its own
+        pipeline, so its clients are given this transport (a public keyword of every azure-core client)."""
+        from azure.storage.blob import BlobServiceClient, ContainerClient
+
+        for cls in (BlobServiceClient, ContainerClient):
+            original = cls.__init__
+
+            def init(client, *args, _original=original, **kwargs):
+                kwargs.setdefault("transport", self)
+                _original(client, *args, **kwargs)
+
+            monkeypatch.setattr(cls, "__init__", init)
+
+    def add(
+        self, kind: str, name: str, version: str | None = None, properties: dict | None = None, **envelope: Any
+    ) -> dict:
+        """A resource that exists before the test (registered by another run, or by hand). ``kind`` is the path
+        segment the SDK uses (``environments``, ``schedules``, ``onlineEndpoints/<endpoint>/deployments`` ...);
+        ``envelope`` sets top-level fields beside ``properties`` (``sku``, ``location``, ``tags``)."""
+        path = f"{WORKSPACE_ID}/{kind}/{name}" + (f"/versions/{version}" if version else "")
+        kind = kind.rsplit("/", 1)[-1]
+        return self._store(path, kind, {"properties": properties or {}, **envelope})
+
+    def sequence(self) -> list[str]:
+        """``METHOD path`` of every request, in order."""
+        return [str(r) for r in self.requests]
+
+    def sent(self, method: str, pattern: str) -> list[Recorded]:
+        """The recorded requests whose path matches ``pattern`` (a regular expression searched in the path)."""
+        return [r for r in self.requests if r.method == method and re.search(pattern, r.path)]
+
+    def get(self, kind: str, name: str, version: str | None = None) -> dict | None:
+        path = f"{WORKSPACE_ID}/{kind}/{name}" + (f"/versions/{version}" if version else "")
+        return self.resources.get(path.lower())
+
+    # ---- the wire ----------------------------------------------------------------------------------------------
+    def _answer(self, prepared) -> Reply:
+        url = urllib.parse.urlsplit(prepared.url)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        body = prepared.body
+        if hasattr(body, "read"):
+            body = body.read()
+        if isinstance(body, str):
+            body = body.encode()
+        decoded: Any = body or None
+        if body and "json" in (prepared.headers.get("Content-Type") or ""):
+            decoded = json.loads(body)
+        path = url.path if url.netloc == "management.azure.com" else f"//{url.netloc}{url.path}"
+        record = Recorded(
+            prepared.method,
+            prepared.url,
+            path.replace(WORKSPACE_ID, "{ws}"),
+            query.get("api-version"),
+            query,
+            dict(prepared.headers),
+            decoded,
+        )
+        self.requests.append(record)
+        for method, pattern, handler in self._routes:
+            match = pattern.fullmatch(path)
+            if method == prepared.method and match:
+                reply = handler(record, match)
+                record.status = reply.status
+                return reply
+        return self._unexpected(record)
+
+    def _unexpected(self, record: Recorded) -> Reply:
+        self.unexpected.append(record)
+        raise UnexpectedRequest(f"the Azure simulation has no route for {record.method} {record.url}")
+
+    def _route(self, method: str, pattern: str, handler: Handler) -> None:
+        self._routes.append((method, re.compile(pattern, re.IGNORECASE), handler))
+
+    def _add_routes(self) -> None:
+        ws = re.escape(WORKSPACE_ID)
+        loc = rf"/subscriptions/{SUBSCRIPTION}/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)"
+        self._route("GET", ws, lambda r, m: Reply(200, self._workspace()))
+        self._route("GET", rf"{loc}/vmSizes", lambda r, m: self._quota_read({"value": self.vm_sizes}))
+        self._route("GET", rf"{loc}/usages", lambda r, m: self._quota_read({"value": self.usages}))
+        versions = rf"{ws}/(?P<kind>environments|data|components|codes|models)/(?P<name>[^/]+)/versions"
+        versioned = rf"{versions}/(?P<v>[^/]+)"
+        self._route("GET", versioned, self._get)
+        self._route("GET", versions, self._list)
+        self._route("PUT", versioned, self._put)
+        self._route("POST", rf"{versioned}/startPendingUpload", self._start_pending_upload)
+        self._route("GET", rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)", self._get_job)
+        self._route("PUT", rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)", self._put_job)
+        deployments = rf"{ws}/onlineEndpoints/(?P<endpoint>[^/]+)/(?P<kind>deployments)"
+        self._route("GET", deployments, self._list)
+        self._route("GET", rf"{deployments}/(?P<name>[^/]+)", self._get)
+        self._route("PUT", rf"{deployments}/(?P<name>[^/]+)", self._put)
+        self._route("DELETE", rf"{deployments}/(?P<name>[^/]+)", self._delete)
+        named = rf"{ws}/(?P<kind>schedules|onlineEndpoints)/(?P<name>[^/]+)"
+        self._route("GET", named, self._get)
+        self._route("PUT", named, self._put)
+        self._route("DELETE", named, self._delete)
+        self._route("GET", rf"{ws}/computes/(?P<name>[^/]+)", self._compute)
+        self._route("GET", rf"{ws}/datastores", lambda r, m: Reply(200, {"value": [self._datastore()]}))
+        self._route("GET", rf"{ws}/datastores/workspaceblobstore", lambda r, m: Reply(200, self._datastore()))
+        self._route("POST", rf"{ws}/datastores/workspaceblobstore/listSecrets", self._datastore_secrets)
+        self._route("GET", rf"{loc}/(?P<kind>mfeOperationsStatus|mfeOperationResults)/(?P<op>[^/]+)", self._poll)
+        blob = rf"//{STORAGE_ACCOUNT}\.blob\.core\.windows\.net/(?P<blob>.+)"
+        self._route("PUT", blob, self._put_blob)
+        self._route("HEAD", blob, self._head_blob)
+        self._route("GET", blob, self._get_blob)
+
+    # ---- the workspace and its quota ---------------------------------------------------------------------------
+    def _workspace(self) -> dict:
+        body = fixture("workspace.json")
+        body.update(id=WORKSPACE_ID, name=WORKSPACE, location=REGION)
+        return body
+
+    def _compute(self, record: Recorded, match: re.Match) -> Reply:
+        """The clusters of infra/compute.json, as `make infra` creates them; any other name does not exist."""
+        from pipelines.settings import load_compute
+
+        clusters = {c["name"]: c for key, c in load_compute().items() if key.endswith("_cluster")}
+        cluster = clusters.get(match["name"])
+        if cluster is None:
+            return self._not_found(record)
+        body = fixture("amlcompute.json")
+        body.update(id=f"{WORKSPACE_ID}/computes/{cluster['name']}", name=cluster["name"], location=REGION)
+        properties = body["properties"]["properties"]
+        properties["vmSize"] = cluster["vm_size"]
+        properties["scaleSettings"].update(
+            maxNodeCount=cluster["max_nodes"],
+            minNodeCount=cluster["min_nodes"],
+            nodeIdleTimeBeforeScaleDown=f"PT{cluster['idle_seconds_before_scaledown']}S",
+        )
+        return Reply(200, body)
+
+    def _quota_read(self, body: dict) -> Reply:
+        if self.quota_forbidden:
+            return arm_error(
+                403,
+                "AuthorizationFailed",
+                "The client 'tester@example.com' does not have authorization to perform action "
+                "'Microsoft.MachineLearningServices/locations/usages/read' over scope "
+                f"'/subscriptions/{SUBSCRIPTION}' or the scope is invalid.",
+            )
+        return Reply(200, body)
+
+    # ---- resources ---------------------------------------------------------------------------------------------
+    def _store(self, path: str, kind: str, body: dict, status: str = "Succeeded") -> dict:
+        stored = copy.deepcopy(body) if body else {}
+        stored.update(id=path, name=path.rsplit("/", 1)[1], type=RESOURCE_TYPES[kind], systemData=SYSTEM_DATA)
+        stored.setdefault("properties", {})["provisioningState"] = status
+        self.resources[path.lower()] = stored
+        return stored
+
+    def _not_found(self, record: Recorded) -> Reply:
+        return arm_error(404, "UserError", f"Could not find the resource at {record.path}.")
+
+    def _get(self, record: Recorded, match: re.Match) -> Reply:
+        stored = self.resources.get(urllib.parse.urlsplit(record.url).path.lower())
+        return Reply(200, stored) if stored else self._not_found(record)
+
+    def _list(self, record: Recorded, match: re.Match) -> Reply:
+        """The versions stored under a name (the SDK asks codes for one with a given content hash this way), or an
+        endpoint's deployments."""
+        prefix = urllib.parse.urlsplit(record.url).path.lower() + "/"
+        found = [body for path, body in self.resources.items() if path.startswith(prefix)]
+        if "hash" in record.query:
+            found = [body for body in found if body["properties"].get("contentHash") == record.query["hash"]]
+        return Reply(200, {"value": found})
+
+    def _put(self, record: Recorded, match: re.Match) -> Reply:
+        path = urllib.parse.urlsplit(record.url).path
+        kind = match["kind"]
+        existed = path.lower() in self.resources
+        stored = self._store(path, kind, record.body)
+        if kind in LONG_RUNNING:
+            op = self._start_operation(stored, path)
+            headers = {"Azure-AsyncOperation": op, "x-ms-async-operation-timeout": "PT1H", "retry-after-ms": "1"}
+            return Reply(201, stored, headers)
+        return Reply(200 if existed else 201, stored)
+
+    def _put_job(self, record: Recorded, match: re.Match) -> Reply:
+        path = urllib.parse.urlsplit(record.url).path
+        stored = self._store(path, "jobs", record.body)
+        properties = stored["properties"]
+        studio = f"https://ml.azure.com/runs/{stored['name']}?wsid={WORKSPACE_ID}"
+        properties["services"] = {"Studio": {"jobServiceType": "Studio", "endpoint": studio}}
+        properties["status"] = "NotStarted"
+        self._job_polls[path.lower()] = list(self.job_statuses)
+        return Reply(201, copy.deepcopy(stored))
+
+    def _get_job(self, record: Recorded, match: re.Match) -> Reply:
+        path = urllib.parse.urlsplit(record.url).path.lower()
+        stored = self.resources.get(path)
+        if stored is None:
+            return self._not_found(record)
+        statuses = self._job_polls.get(path)
+        if statuses:
+            stored["properties"]["status"] = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        return Reply(200, stored)
+
+    def _delete(self, record: Recorded, match: re.Match) -> Reply:
+        path = urllib.parse.urlsplit(record.url).path.lower()
+        if self.resources.pop(path, None) is None:
+            return Reply(204)
+        op = self._start_operation(None, path)
+        return Reply(202, None, {"Location": op, "retry-after-ms": "1"})
+
+    # ---- long-running operations -------------------------------------------------------------------------------
+    # Operation replies carry ``retry-after-ms: 1`` (a header Azure services send and azure-core honours) so the
+    # SDK's pollers come back at once instead of after their default 5-30 s.
+    def _start_operation(self, resource: dict | None, path: str) -> str:
+        """An operation URL: ``mfeOperationsStatus`` (an Azure-AsyncOperation status body) for a PUT,
+        ``mfeOperationResults`` (202 until done) for a DELETE, as Azure ML's headers point to."""
+        op = f"op-{len(self._operations) + 1}"
+        self._operations[op] = {"left": self.polls, "resource": resource, "path": path}
+        kind = "mfeOperationsStatus" if resource is not None else "mfeOperationResults"
+        return f"{ARM}{LOCATION_ID}/{kind}/{op}?api-version=2024-04-01"
+
+    def _poll(self, record: Recorded, match: re.Match) -> Reply:
+        operation = self._operations.get(match["op"])
+        if operation is None:
+            return self._unexpected(record)
+        operation["left"] -= 1
+        done = operation["left"] < 0
+        if match["kind"] == "mfeOperationResults":
+            return Reply(200) if done else Reply(202, None, {"Location": record.url, "retry-after-ms": "1"})
+        status = "Succeeded" if done else "InProgress"
+        return Reply(200, {"id": record.path, "name": match["op"], "status": status}, {"retry-after-ms": "1"})
+
+    # ---- datastore and blobs -----------------------------------------------------------------------------------
+    def _datastore(self) -> dict:
+        body = fixture("datastore.json")
+        body["id"] = f"{WORKSPACE_ID}/datastores/workspaceblobstore"
+        body["properties"]["accountName"] = STORAGE_ACCOUNT
+        return body
+
+    def _datastore_secrets(self, record: Recorded, match: re.Match) -> Reply:
+        return Reply(200, fixture("datastore_secrets.json"))
+
+    def _start_pending_upload(self, record: Recorded, match: re.Match) -> Reply:
+        """Where a code snapshot goes: a SAS URI to a fresh container of the workspace's storage account."""
+        body = fixture("pending_upload.json")
+        upload_id = record.body.get("pendingUploadId") or f"upload-{len(self.requests)}"
+        container = f"https://{STORAGE_ACCOUNT}.blob.core.windows.net/{upload_id}"
+        reference = body["blobReferenceForConsumption"]
+        reference["blobUri"] = container
+        reference["storageAccountArmId"] = self._workspace()["properties"]["storageAccount"]
+        reference["credential"]["sasUri"] = f"{container}?sv=2023-11-03&sr=c&sp=racwl&sig=simulated"
+        body["pendingUploadId"] = upload_id
+        return Reply(200, body)
+
+    def _put_blob(self, record: Recorded, match: re.Match) -> Reply:
+        """Put Blob (201), or Set Blob Metadata (``comp=metadata``, 200), as the Blob service REST API answers."""
+        name = match["blob"]
+        prefix = "x-ms-meta-"
+        metadata = {k.lower()[len(prefix) :]: v for k, v in record.headers.items() if k.lower().startswith(prefix)}
+        headers = {"ETag": '"0x8D0000000000000"', "Last-Modified": "Tue, 01 Dec 2026 12:00:00 GMT"}
+        if record.query.get("comp") == "metadata":
+            if name not in self.blobs:
+                return Reply(404, None, {"x-ms-error-code": "BlobNotFound"})
+            self.blob_metadata[name] = metadata
+            return Reply(200, None, headers)
+        if record.query.get("comp") or record.query.get("blockid"):  # SAS parameters (sv, sig, ...) are auth only
+            return self._unexpected(record)
+        self.blobs[name] = record.body if isinstance(record.body, bytes) else json.dumps(record.body).encode()
+        self.blob_metadata[name] = metadata
+        return Reply(201, None, headers)
+
+    def _blob_headers(self, name: str) -> dict[str, str]:
+        headers = {"x-ms-blob-type": "BlockBlob", "Content-Length": str(len(self.blobs[name]))}
+        headers.update({f"x-ms-meta-{k}": v for k, v in self.blob_metadata.get(name, {}).items()})
+        return headers
+
+    def _head_blob(self, record: Recorded, match: re.Match) -> Reply:
+        if match["blob"] in self.blobs:
+            return Reply(200, None, self._blob_headers(match["blob"]))
+        return Reply(404, None, {"x-ms-error-code": "BlobNotFound"})
+
+    def _get_blob(self, record: Recorded, match: re.Match) -> Reply:
+        if match["blob"] in self.blobs:
+            return Reply(200, self.blobs[match["blob"]], self._blob_headers(match["blob"]))
+        return Reply(404, None, {"x-ms-error-code": "BlobNotFound"})
