@@ -93,7 +93,6 @@ def cpu_multiplies_bf16() -> bool:
 
 def training_precision(requested: str = "auto", device: str | None = None) -> str:
     """The autocast precision fine-tuning uses on ``device``: ``bf16``, ``fp16`` or ``fp32``."""
-    import torch
 
     if requested not in PRECISIONS:
         raise PrecisionError(f"precision={requested!r}; expected one of {', '.join(PRECISIONS)}")
@@ -116,7 +115,6 @@ def training_precision(requested: str = "auto", device: str | None = None) -> st
 
 def inference_dtype(device: str | None = None) -> str:
     """The weights' dtype for scoring and serving on ``device`` (see the module docstring for why)."""
-    import torch
 
     device = device or pick_device()
     if device == "cuda":
