@@ -32,7 +32,8 @@ run: install ## Run the whole pipeline locally, then ask the deployed endpoint o
 	$(PY) -m pipelines.run --output-root $(OUTPUT_ROOT) $(ARGS)
 	$(PY) -m pipelines.endpoint ask "$(QUESTION)"
 
-# Endpoint targets take TARGET=azure for the Azure ML endpoint (URL and key: CHATFT_ENDPOINT_URL/_KEY or the workspace).
+# Endpoint targets take TARGET=azure for the Azure ML endpoint (URL and key: CHATFT_ENDPOINT_URL/_KEY or the workspace),
+# TARGET=serverless for the serverless one (CHATFT_SERVERLESS_URL/_KEY or the workspace; teardown DELETE_SUBSCRIPTION=1).
 TARGET ?= local
 ENDPOINT := $(PY) -m pipelines.endpoint --target $(TARGET)
 
@@ -53,7 +54,7 @@ monitor: install ## Summarise the last LAST requests per local deployment: p50/p
 	$(ENDPOINT) monitor --last $(LAST)
 
 teardown: install ## Delete the endpoint and its deployments; DELETE_MODEL=1 also the registered model [TARGET=azure]
-	$(ENDPOINT) teardown $(if $(DELETE_MODEL),--delete-model)
+	$(ENDPOINT) teardown $(if $(DELETE_MODEL),--delete-model) $(if $(DELETE_SUBSCRIPTION),--delete-subscription)
 
 validate: install ## Check chat JSONL before a run: make validate DATA=file-or-folder [MODEL=model-folder MAX_SEQ_LENGTH=n]
 	@test -n "$(DATA)" || { echo "usage: make validate DATA=path/to/file-or-folder [MODEL=model-folder MAX_SEQ_LENGTH=n]"; exit 2; }
@@ -95,11 +96,14 @@ format: install ## Format with ruff
 # Azure targets take DRY_RUN=1 (no network), DATA=path (local chat JSONL instead of the preset's dataset), ARGS=...
 AZURE_FLAGS = $(if $(DRY_RUN),--dry-run) $(if $(DATA),--data "$(DATA)")
 
-submit: install ## Preflight, register what changed, submit to Azure ML, follow the run (DRY_RUN=1: YAML + plan only)
-	$(PY) -m pipelines.run --backend azure --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
+# BACKEND=serverless: the service fine-tunes (Model-as-a-Service, pipelines/azure/serverless.py); default: the pipeline.
+BACKEND ?= azure
 
-preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline)
-	$(PY) -m pipelines.preflight $(AZURE_FLAGS) $(ARGS)
+submit: install ## Preflight, register what changed, submit to Azure ML, follow the run (DRY_RUN=1: YAML + plan only; BACKEND=serverless)
+	$(PY) -m pipelines.run --backend $(BACKEND) --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
+
+preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline; BACKEND=serverless)
+	$(PY) -m $(if $(filter serverless,$(BACKEND)),pipelines.azure.serverless preflight --output-root $(OUTPUT_ROOT),pipelines.preflight) $(AZURE_FLAGS) $(ARGS)
 
 schedule: install ## Create/update the Azure ML schedule of pipelines/config/azure.yaml (DRY_RUN=1: YAML only)
 	$(PY) -m pipelines.schedule create --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)

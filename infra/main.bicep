@@ -119,6 +119,20 @@ module gpuCluster 'modules/aml_compute_cluster.bicep' = {
   }
 }
 
+// 4 A100s per node, up to 2 nodes: the multi-GPU presets (pipelines/config/azure-4gpu.yaml, azure-2node.yaml).
+module gpuClusterX4 'modules/aml_compute_cluster.bicep' = {
+  name: '${deployment().name}-gpu-cluster-x4'
+  params: {
+    baseName: baseName
+    location: location
+    tags: tags
+    workspaceName: workspace.outputs.name
+    cluster: compute.gpu_cluster_x4
+    identityId: identity.outputs.id
+    purpose: 'multi-GPU and multi-node fine-tuning (4 GPUs per node)'
+  }
+}
+
 module cpuCluster 'modules/aml_compute_cluster.bicep' = {
   name: '${deployment().name}-cpu-cluster'
   params: {
@@ -199,6 +213,7 @@ output workspaceId string = workspace.outputs.id
 output identityClientId string = identity.outputs.clientId
 output identityId string = identity.outputs.id
 output gpuClusterName string = gpuCluster.outputs.name
+output gpuClusterX4Name string = gpuClusterX4.outputs.name
 output cpuClusterName string = cpuCluster.outputs.name
 output storageAccountName string = storage.outputs.name
 output trainingDataContainerName string = storage.outputs.trainingDataContainerName

@@ -8,6 +8,7 @@
     python -m pipelines.endpoint stop                         # local: stop the router and every slot
     python -m pipelines.endpoint teardown [--delete-model]    # delete the endpoint (the model stays unless asked)
     python -m pipelines.endpoint --target azure chat          # the same against the Azure ML endpoint
+    python -m pipelines.endpoint --target serverless chat     # the serverless endpoint of pipelines/azure/serverless.py
 
 Local: deploy_endpoint records the endpoint in ``$CHATFT_HOME/endpoints/<name>/endpoint.json`` (CHATFT_HOME
 defaults to outputs/); requests go to its stable URL, the router, which follows the traffic map through every
@@ -19,6 +20,9 @@ Sampling parameters not given here are left to the endpoint's defaults (componen
 URL, so it works locally and on Azure). ``monitor`` (and ``status``) summarise each local slot's request log
 (``<slot>/requests.jsonl``, written by score.py, see ``chatft.serving.monitoring``); on Azure ML the same records
 go to Application Insights and the data collector.
+Serverless: the endpoint named by ``serverless.endpoint_name`` in pipelines/config/serverless.yaml, spoken to in the
+OpenAI chat-completions shape at ``<scoring uri>/v1/chat/completions``; URL and key from CHATFT_SERVERLESS_URL and
+CHATFT_SERVERLESS_KEY, else from the workspace.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pipelines.settings import PROJECT_ROOT, SettingsError, load_settings
 REQUEST_TIMEOUT_S = 300  # a long answer on a CPU: 1024 tokens at ~18 tokens/s is ~60 s for SmolLM2
 URL_ENV, KEY_ENV = "CHATFT_ENDPOINT_URL", "CHATFT_ENDPOINT_KEY"
 PRESETS = {"local": PROJECT_ROOT / "pipelines/config/local.yaml", "azure": PROJECT_ROOT / "pipelines/config/azure.yaml"}
+TARGETS = ["local", "azure", "serverless"]
 
 
 class EndpointError(RuntimeError):
@@ -49,11 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("CHATFT_HOME", str(PROJECT_ROOT / "outputs")),
         help="local output root holding endpoints/ (default: $CHATFT_HOME, else outputs/)",
     )
-    parser.add_argument("--target", choices=["local", "azure"], default="local", help="which endpoint")
+    parser.add_argument("--target", choices=TARGETS, default="local", help="which endpoint")
     parser.add_argument("--name", help="endpoint name (local default: the only one recorded; azure: the preset's)")
     # The same two options after the command too (`teardown --name x`), without overriding them when absent.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--target", choices=["local", "azure"], default=argparse.SUPPRESS, help="which endpoint")
+    common.add_argument("--target", choices=TARGETS, default=argparse.SUPPRESS, help="which endpoint")
     common.add_argument("--name", default=argparse.SUPPRESS, help="endpoint name")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("chat", "interactive chat with history"), ("ask", "one question, print the answer")):
@@ -83,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "teardown", help="delete the endpoint and its deployments; the model stays", parents=[common]
     )
     teardown.add_argument("--delete-model", action="store_true", help="also delete the registered model")
+    teardown.add_argument(
+        "--delete-subscription", action="store_true", help="serverless: also the marketplace subscription"
+    )
     return parser.parse_args(argv)
 
 
@@ -263,6 +271,66 @@ def teardown_azure(name: str, delete_model: bool, ml_client=None) -> int:
     return 0
 
 
+# ---- serverless (pipelines/azure/serverless.py) -----------------------------------------------------------------
+SERVERLESS_URL_ENV, SERVERLESS_KEY_ENV = "CHATFT_SERVERLESS_URL", "CHATFT_SERVERLESS_KEY"
+
+
+def serverless_preset():
+    from pipelines.azure.serverless import SERVERLESS_PRESET, serverless_settings
+
+    settings = load_settings(PROJECT_ROOT / SERVERLESS_PRESET)
+    return settings, serverless_settings(settings)
+
+
+def serverless_connection(name: str, ml_client=None) -> dict:
+    url, key = os.environ.get(SERVERLESS_URL_ENV), os.environ.get(SERVERLESS_KEY_ENV)
+    if bool(url) != bool(key):
+        missing = SERVERLESS_KEY_ENV if url else SERVERLESS_URL_ENV
+        raise EndpointError(f"{missing} is not set: set both, or neither to ask the workspace")
+    if not url:
+        client = azure_client(ml_client)
+        url = client.serverless_endpoints.get(name).scoring_uri
+        key = client.serverless_endpoints.get_keys(name).primary_key
+    return {"url": url, "headers": {"Authorization": f"Bearer {key}"}, "label": f"{name} (serverless)", "api": "openai"}
+
+
+def generate_openai(connection: dict, messages: list[dict], parameters: dict) -> str:
+    """The OpenAI chat-completions shape serverless endpoints take; max_new_tokens is their max_tokens."""
+    from pipelines.azure.serverless import ServerlessError, chat_completions
+
+    body = {"messages": messages, **{k: v for k, v in parameters.items() if k != "max_new_tokens"}}
+    if "max_new_tokens" in parameters:
+        body["max_tokens"] = parameters["max_new_tokens"]
+    key = connection["headers"]["Authorization"].removeprefix("Bearer ")
+    try:
+        return chat_completions(connection["url"], key, body, timeout=REQUEST_TIMEOUT_S)["choices"][0]["message"][
+            "content"
+        ]
+    except ServerlessError as err:
+        raise EndpointError(str(err)) from None
+
+
+def status_serverless(name: str, ml_client=None) -> int:
+    endpoint = azure_client(ml_client).serverless_endpoints.get(name)
+    print(f"{name}: {endpoint.scoring_uri}  ({endpoint.provisioning_state}, model {endpoint.model_id})")
+    return 0 if (endpoint.provisioning_state or "").lower() == "succeeded" else 1
+
+
+def main_serverless(args: argparse.Namespace, ml_client=None) -> int:
+    from pipelines.azure.serverless import teardown
+
+    settings, options = serverless_preset()
+    name = args.name or options.endpoint_name
+    if args.command == "stop":
+        raise EndpointError("stop is local only; `teardown --target serverless` deletes the serverless endpoint")
+    if args.command == "teardown":
+        return teardown(settings, args.delete_subscription, azure_client(ml_client), name=name)
+    if args.command == "status":
+        return status_serverless(name, ml_client)
+    connection = serverless_connection(name, ml_client)
+    return ask(connection, args) if args.command == "ask" else chat(connection, args)
+
+
 # ---- talking to either -------------------------------------------------------------------------------------------
 
 
@@ -319,6 +387,9 @@ def stream_reply(connection: dict, messages: list[dict], parameters: dict, out=N
 
 def generate(connection: dict, messages: list[dict], parameters: dict) -> str:
     import requests
+
+    if connection.get("api") == "openai":  # a serverless endpoint
+        return generate_openai(connection, messages, parameters)
 
     body = {"input_data": {"input_string": messages, "parameters": parameters}}
     try:
@@ -384,6 +455,8 @@ def chat(connection: dict, args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace, ml_client=None) -> int:
+    if args.target == "serverless":
+        return main_serverless(args, ml_client)
     if args.target == "azure":
         name = args.name or configured("deploy_endpoint", "endpoint_name", "azure")
         if args.command == "stop":

@@ -36,6 +36,31 @@ WIRED_INPUTS = {
 }
 
 
+# What a multi-GPU finetune needs besides its processes (Azure ML sets MASTER_ADDR, RANK, ... itself).
+DISTRIBUTED_ENV = {
+    "NCCL_DEBUG": "WARN",  # NCCL's warnings and errors in the step's logs, not its start-up chatter
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",  # a rank that dies fails the collective instead of hanging the others
+    "NCCL_IB_DISABLE": "1",  # NC A100 v4 nodes have no InfiniBand (ND sizes do): use TCP at once, no probing
+}
+
+
+def place_finetune(node, settings: RunSettings, compute: dict[str, Any]) -> None:
+    """Put the finetune node on its cluster; with more than one GPU in all, as Azure ML's `distribution: pytorch`:
+    one process per GPU on each of ``nodes`` nodes, a larger /dev/shm, and the NCCL environment above."""
+    from azure.ai.ml import PyTorchDistribution
+    from azure.ai.ml.entities import JobResourceConfiguration
+
+    placement = settings.finetune_compute
+    cluster = compute[placement.cluster]
+    node.compute = cluster["name"]
+    per_node = int(cluster.get("gpus_per_node", 1))
+    if per_node * placement.nodes == 1:
+        return  # the component's own block: one process on one node
+    node.distribution = PyTorchDistribution(process_count_per_instance=per_node)
+    node.resources = JobResourceConfiguration(instance_count=placement.nodes, shm_size=placement.shm_size)
+    node.environment_variables = dict(DISTRIBUTED_ENV)
+
+
 def load_components() -> dict[str, Any]:
     from azure.ai.ml import load_component
 
@@ -130,7 +155,7 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None, co
             validation_data=valid_validation.outputs.valid_data,
             **settings.step("finetune"),
         )
-        tuned.compute = gpu
+        place_finetune(tuned, settings, compute)  # the GPU cluster, or the preset's multi-GPU placement
         # The base model's scores depend on nothing training does: a step of their own is reused across runs.
         base_scores = score_base(base_model=base_model, validation_data=valid_validation.outputs.valid_data, **scoring)
         base_scores.compute = gpu

@@ -196,12 +196,21 @@ class QuotaNeed:
     purpose: str
 
 
+def finetune_placement(settings: RunSettings, compute: dict) -> tuple[dict, int, int]:
+    """(cluster entry, nodes, GPUs per node) of the finetune step: the preset's finetune_compute."""
+    placement = settings.finetune_compute
+    cluster = compute[placement.cluster]
+    return cluster, placement.nodes, int(cluster.get("gpus_per_node", 1))
+
+
 def quota_needs(settings: RunSettings, compute: dict) -> list[QuotaNeed]:
     gpu, cpu = compute["gpu_cluster"], compute["cpu_cluster"]
-    needs = [
-        QuotaNeed(gpu["vm_size"], int(gpu["max_nodes"]), f"cluster {gpu['name']}"),
-        QuotaNeed(cpu["vm_size"], int(cpu["max_nodes"]), f"cluster {cpu['name']}"),
-    ]
+    needs = [QuotaNeed(gpu["vm_size"], int(gpu["max_nodes"]), f"cluster {gpu['name']}")]
+    cluster, nodes, gpus = finetune_placement(settings, compute)
+    if cluster is not gpu:  # a multi-GPU preset: every node the finetune step holds, beside the evaluation cluster
+        purpose = f"finetune on cluster {cluster['name']}: {nodes} node(s) x {gpus} GPUs = {nodes * gpus} GPUs"
+        needs.append(QuotaNeed(cluster["vm_size"], nodes, purpose))
+    needs.append(QuotaNeed(cpu["vm_size"], int(cpu["max_nodes"]), f"cluster {cpu['name']}"))
     if _setting(settings, "deploy_endpoint", "target") == "azure":
         endpoint = compute["online_endpoint"]
         count = int(endpoint["instance_count"])
@@ -324,22 +333,44 @@ def estimate_cost(settings: RunSettings, tokens: TokenEstimate, compute: dict, p
             )
         return float(prices[vm_size])
 
-    throughput = pricing["throughput"]["training_tokens_per_second"].get(gpu["vm_size"])
-    if not throughput:
-        raise PreflightError(f"no training tokens/s assumed for {gpu['vm_size']}: add it to throughput in pricing.json")
+    cluster, nodes, gpus = finetune_placement(settings, compute)
+    per_node = pricing["throughput"]["training_tokens_per_second"].get(cluster["vm_size"])
+    if not per_node:
+        raise PreflightError(
+            f"no training tokens/s assumed for {cluster['vm_size']}: add it to throughput in pricing.json"
+        )
+    # Several nodes: each adds its tokens/s times the assumed scaling efficiency (gradients cross the network).
+    efficiency = float(pricing["throughput"].get("multi_node_efficiency", 1.0)) if nodes > 1 else 1.0
+    throughput = float(per_node) * nodes * efficiency
     overhead = pricing["overhead"]
     idle_hours = lambda cluster: float(cluster["idle_seconds_before_scaledown"]) / 3600  # noqa: E731
-    train_hours = tokens.processed / float(throughput) / 3600
-    gpu_hours = train_hours + len(GPU_STEPS) * float(overhead["gpu_step_minutes"]) / 60 + idle_hours(gpu)
+    train_hours = tokens.processed / throughput / 3600
+    step_hours = float(overhead["gpu_step_minutes"]) / 60
     cpu_steps = 5  # prep, validate x2, register, deploy: the steps on the CPU cluster
     cpu_hours = cpu_steps * float(overhead["cpu_step_minutes"]) / 60 + idle_hours(cpu)
-    lines = [
-        CostLine("training tokens", f"{tokens.processed:,} ({tokens.basis})", None),
+    lines = [CostLine("training tokens", f"{tokens.processed:,} ({tokens.basis})", None)]
+    if cluster is gpu:  # finetune and evaluate share the 1-GPU cluster
+        gpu_hours = train_hours + len(GPU_STEPS) * step_hours + idle_hours(gpu)
+        detail = f"{train_hours:.2f} h training at {throughput:,.0f} tokens/s (assumed) + {len(GPU_STEPS)} steps x "
+    else:  # every node of the finetune step is billed for the whole step, then evaluate runs on the 1-GPU cluster
+        node_hours = train_hours + step_hours + idle_hours(cluster)
+        scaling = f" x {nodes} nodes x {efficiency:g} scaling (assumed)" if nodes > 1 else ""
+        lines.append(
+            CostLine(
+                "finetune node time",
+                f"{train_hours:.2f} h training at {per_node:,} tokens/s per node{scaling} = {throughput:,.0f} tokens/s "
+                f"+ {overhead['gpu_step_minutes']} min overhead + idle; {nodes} x {node_hours:.2f} h x "
+                f"${price(cluster['vm_size']):.3f}/h {cluster['vm_size']} ({nodes * gpus} GPUs)",
+                nodes * node_hours * price(cluster["vm_size"]),
+            )
+        )
+        gpu_hours = step_hours + idle_hours(gpu)
+        detail = "evaluate: 1 step x "
+    lines += [
         CostLine(
             "GPU node time",
-            f"{train_hours:.2f} h training at {throughput:,} tokens/s (assumed) + {len(GPU_STEPS)} steps x "
-            f"{overhead['gpu_step_minutes']} min overhead + idle; {gpu_hours:.2f} h x ${price(gpu['vm_size']):.3f}/h "
-            f"{gpu['vm_size']}",
+            f"{detail}{overhead['gpu_step_minutes']} min overhead + idle; {gpu_hours:.2f} h x "
+            f"${price(gpu['vm_size']):.3f}/h {gpu['vm_size']}",
             gpu_hours * price(gpu["vm_size"]),
         ),
         CostLine(
@@ -370,6 +401,7 @@ class PreflightReport:
     ok: bool
     quota: list[QuotaRow] = field(default_factory=list)
     quota_note: str = ""
+    needs: list[QuotaNeed] = field(default_factory=list)  # what the run holds at once, listed even unchecked
     cost: list[CostLine] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     pricing: dict = field(default_factory=dict)
@@ -385,7 +417,8 @@ class PreflightReport:
                 out.append(f"    {row.family:<34} {row.need:>6} {available:>10} {limit:>7}  {row.status}")
                 out.extend(f"      {purpose}" for purpose in row.purposes)
         else:
-            out.append(f"    not checked: {self.quota_note}")
+            out.append(f"    not checked: {self.quota_note}; the run needs:")
+            out.extend(f"      {need.purpose}: {need.nodes} x {need.vm_size}" for need in self.needs)
         if self.cost:
             source = self.pricing.get("prices", {})
             currency = self.pricing.get("currency", "USD")
@@ -404,7 +437,7 @@ def run_preflight(settings: RunSettings, data_plan=None, ml_client=None, options
     """Cost always; quota when a client is given (a dry run passes none). ``ok`` is False on any quota shortfall."""
     options = options or SubmitOptions()
     compute = load_compute()
-    report = PreflightReport(ok=True)
+    report = PreflightReport(ok=True, needs=quota_needs(settings, compute))
     try:
         report.pricing = load_pricing(options.pricing)
         local = data_plan.local_path if data_plan else local_data_path(settings)
@@ -419,7 +452,7 @@ def run_preflight(settings: RunSettings, data_plan=None, ml_client=None, options
     from azure.core.exceptions import HttpResponseError
 
     try:
-        report.quota, _ = check_quota(ml_client, quota_needs(settings, compute))
+        report.quota, _ = check_quota(ml_client, report.needs)
     except HttpResponseError as err:  # includes ClientAuthenticationError (no az login, no identity)
         if err.status_code == 403:
             # Reading quota is a subscription-level permission a workspace-scoped identity may lack: say so, go on.

@@ -5,6 +5,7 @@ python -m pipelines.run --set finetune.learning_rate=1e-4
 python -m pipelines.run --backend azure --dry-run        # resolved YAML, no network
 python -m pipelines.run --backend azure                  # submit (needs az login + a workspace)
 python -m pipelines.run --backend azure --data data/     # ... training on local JSONL, registered as a data asset
+python -m pipelines.run --backend serverless --dry-run   # the service fine-tunes (pipelines/azure/serverless.py)
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ from pipelines import sdk_private
 from pipelines.azure.cli import add_azure_arguments
 from pipelines.settings import PACKAGED_SMOLLM2, PROJECT_ROOT, RunSettings, SettingsError, load_settings
 
-DEFAULT_CONFIG = {"local": "pipelines/config/local.yaml", "azure": "pipelines/config/azure.yaml"}
+DEFAULT_CONFIG = {
+    "local": "pipelines/config/local.yaml",
+    "azure": "pipelines/config/azure.yaml",
+    "serverless": "pipelines/config/serverless.yaml",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["local", "azure"], default="local", help="where the pipeline runs")
+    parser.add_argument(
+        "--backend", choices=list(DEFAULT_CONFIG), default="local", help="where it trains (serverless: the service)"
+    )
     parser.add_argument("--config", help="preset YAML (default: pipelines/config/<backend>.yaml)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="STEP.INPUT=VALUE", help="override an input"
@@ -110,11 +117,25 @@ def run_azure(args: argparse.Namespace, settings: RunSettings) -> int:
     return submit(settings, dry_run=args.dry_run, output_root=PROJECT_ROOT / args.output_root, options=options)
 
 
+def run_serverless(args: argparse.Namespace, settings: RunSettings) -> int:
+    from dataclasses import replace
+
+    from pipelines.azure import serverless
+
+    settings = replace(settings, raw_data=args.data) if args.data else settings
+    pricing = Path(args.pricing) if args.pricing else None
+    output_root = PROJECT_ROOT / args.output_root
+    return serverless.submit(settings, dry_run=args.dry_run, output_root=output_root, pricing=pricing)
+
+
+BACKENDS = {"local": run_local, "azure": run_azure, "serverless": run_serverless}
+
+
 def main(args: argparse.Namespace) -> int:
     config = args.config or DEFAULT_CONFIG[args.backend]
     try:
         settings = load_settings(PROJECT_ROOT / config if not Path(config).is_absolute() else config, args.overrides)
-        return run_local(args, settings) if args.backend == "local" else run_azure(args, settings)
+        return BACKENDS[args.backend](args, settings)
     except SettingsError as err:
         print(f"Settings error: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,11 @@ What remains, and why there is no public route (azure-ai-ml 1.35.2):
   * ``VmSize`` / ``Usage`` from ``compute.list_sizes()`` / ``list_usage()``: ``_from_rest_object`` copies the REST
     payload's camelCase keys (``vCPUs``, ``currentValue``, ``name`` as a dict) onto the entity and leaves the
     documented snake_case attributes None. ``rest_field`` reads either.
+  * ``workspace._workspace_id``: the workspace's GUID (``properties.workspaceId``), which a serverless endpoint's
+    model id for a fine-tuned model contains (``azureml://locations/<region>/workspaces/<guid>/models/...``, as
+    Microsoft's Model-as-a-Service sample builds it); the Workspace entity has no public attribute for it.
+  * ``ml_client._credential``: the credential a client was built with, to open the model's registry with the same
+    one (pipelines/azure/serverless.py); MLClient does not expose it.
 """
 
 from __future__ import annotations
@@ -62,3 +67,13 @@ def rest_field(entity, wire_name: str, attribute: str | None = None) -> Any:
     if value is None and attribute:
         value = fields.get(attribute)
     return value
+
+
+def workspace_guid(workspace) -> str:
+    """The workspace's GUID (REST ``properties.workspaceId``)."""
+    return workspace._workspace_id
+
+
+def client_credential(ml_client):
+    """The credential ``ml_client`` was built with."""
+    return ml_client._credential

@@ -47,6 +47,18 @@ class AzureSettings:
 
 
 @dataclass(frozen=True)
+class FinetuneCompute:
+    """``finetune_compute``: where the finetune step runs on Azure and on how many nodes. One process per GPU, the
+    GPUs per node coming from the cluster's entry in infra/compute.json; nodes × GPUs processes in all."""
+
+    cluster: str = "gpu_cluster"  # a cluster key of infra/compute.json
+    nodes: int = 1  # resources.instance_count; at most the cluster's max_nodes
+    # /dev/shm for the job's container: NCCL moves data between the GPUs of a node through it, and Docker's 64 MB
+    # default (Azure ML gives 2 GB) is too small for several GPUs; ignored by a one-process run.
+    shm_size: str = "16g"
+
+
+@dataclass(frozen=True)
 class RunSettings:
     experiment_name: str
     # Local path, Azure ML asset URI (azureml:..., azureml://registries/...), or "packaged:smollm2".
@@ -57,6 +69,9 @@ class RunSettings:
     # Per-step component inputs, keyed by component name (e.g. steps.finetune.learning_rate).
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     azure: AzureSettings = field(default_factory=AzureSettings)
+    # The serverless (Model-as-a-Service) preset's own section, checked by pipelines/azure/serverless.py.
+    serverless: dict[str, Any] | None = None
+    finetune_compute: FinetuneCompute = field(default_factory=FinetuneCompute)
     source: str = "<defaults>"
 
     def step(self, component: str) -> dict[str, Any]:
@@ -98,6 +113,8 @@ def load_settings(path: str | Path, overrides: list[str] | None = None) -> RunSe
         raw_data=raw.get("raw_data"),
         steps=steps,
         azure=_azure_settings(raw.get("azure"), path),
+        serverless=raw.get("serverless"),
+        finetune_compute=_finetune_compute(raw.get("finetune_compute"), path),
         source=str(path),
     )
 
@@ -133,6 +150,29 @@ def _azure_settings(raw: Any, path: Path) -> AzureSettings:
             )
     name = str(raw.get("data_asset_name") or AzureSettings.data_asset_name)
     return AzureSettings(data_asset_name=name, schedule=schedule)
+
+
+def _finetune_compute(raw: Any, path: Path) -> FinetuneCompute:
+    """The ``finetune_compute`` section: a cluster of infra/compute.json and a node count it allows."""
+    if raw is None:
+        return FinetuneCompute()
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: 'finetune_compute' must be a mapping with cluster and nodes")
+    _check_keys(raw, FinetuneCompute, path, "finetune_compute")
+    value = FinetuneCompute(**raw)
+    clusters = {key: entry for key, entry in load_compute().items() if "vm_size" in entry and "max_nodes" in entry}
+    if value.cluster not in clusters:
+        raise SettingsError(
+            f"{path}: finetune_compute.cluster {value.cluster!r} is not a cluster of infra/compute.json "
+            f"(clusters: {', '.join(clusters)})"
+        )
+    max_nodes = int(clusters[value.cluster]["max_nodes"])
+    if not isinstance(value.nodes, int) or isinstance(value.nodes, bool) or not 1 <= value.nodes <= max_nodes:
+        raise SettingsError(
+            f"{path}: finetune_compute.nodes {value.nodes!r} must be an integer from 1 to {max_nodes} "
+            f"(max_nodes of {value.cluster} in infra/compute.json)"
+        )
+    return value
 
 
 def _check_keys(raw: dict, kind: type, path: Path, where: str) -> None:

@@ -59,6 +59,52 @@ def _check_qlora(device: str) -> None:
         raise ConfigError("method=qlora needs the bitsandbytes package in the environment; install it or use lora")
 
 
+def strategy_config(strategy: str, device: str) -> dict:
+    """SFTConfig arguments for how the processes of a multi-GPU run share the model (the distributed_strategy input).
+
+    ddp: every GPU holds the whole model (LoRA on a 3.8B model fits one A100 easily; the default). DeepSpeed ZeRO-2
+    shards optimizer state and gradients, ZeRO-3 the weights too; FSDP (torch's, through accelerate) shards all
+    three. "auto" values are filled in by the Trainer from the other arguments. Untested on GPUs here (no GPU in
+    this project's CI); the CPU run refuses them.
+    """
+    import importlib.util
+
+    if strategy == "ddp":
+        return {}
+    if device != "cuda":
+        raise ConfigError(f"distributed_strategy={strategy} needs CUDA GPUs; on a CPU use ddp")
+    if strategy == "fsdp":
+        # Activation checkpointing moves into FSDP's own wrapper (the Trainer refuses both at once); ranks load the
+        # checkpoint on rank 0 only and receive it, and the saved adapter is whole (FULL_STATE_DICT).
+        fsdp = {
+            "fsdp_version": 2,
+            "reshard_after_forward": True,
+            "activation_checkpointing": True,
+            "cpu_ram_efficient_loading": True,
+            "state_dict_type": "FULL_STATE_DICT",
+        }
+        return {"fsdp": True, "fsdp_config": fsdp, "activation_checkpointing": False}
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"distributed_strategy={strategy} needs the deepspeed package (environments/train/conda.yml pins it); "
+            "use ddp or fsdp in an environment without it"
+        )
+    stage = {"deepspeed_zero2": 2, "deepspeed_zero3": 3}[strategy]
+    zero = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
+    if stage == 3:  # save whole 16-bit weights (the adapter and the merge need them), not per-rank shards
+        zero |= {"stage3_gather_16bit_weights_on_model_save": True, "stage3_prefetch_bucket_size": "auto"}
+    deepspeed = {
+        "zero_optimization": zero,
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+    }
+    return {"deepspeed": deepspeed}
+
+
 def _load_model(args: argparse.Namespace, precision: str, device: str):
     import torch
 
@@ -177,7 +223,9 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # Elsewhere TRL's own path is the right one: GPUs (its compact kernel), DDP (the wrapper's forward must
             # run to sync gradients), MoE aux losses, and callers that want the logits.
-            single_cpu = self.args.device.type == "cpu" and self.accelerator.num_processes == 1
+            # (One process can still be DDP-wrapped: Azure ML sets RANK/WORLD_SIZE=1 for a one-process pytorch job.)
+            wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+            single_cpu = self.args.device.type == "cpu" and self.accelerator.num_processes == 1 and not wrapped
             if not single_cpu or return_outputs or self.aux_loss_enabled:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             mode = "train" if self.model.training else "eval"
@@ -230,6 +278,7 @@ def build_trainer(args: argparse.Namespace):
     model = _load_model(args, precision, device)
     periodic_eval = validation_data is not None and args.eval_steps > 0
 
+    strategy = strategy_config(args.distributed_strategy, device)
     config = SFTConfig(
         output_dir=args.checkpoints,
         seed=args.seed,
@@ -252,9 +301,13 @@ def build_trainer(args: argparse.Namespace):
         # Precision: fp32 on CPU is fastest; gradient checkpointing only pays where memory is short (GPU).
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        activation_checkpointing=device == "cuda",
+        activation_checkpointing=strategy.pop("activation_checkpointing", device == "cuda"),
         use_cpu=device == "cpu",  # else bf16 on CPU is refused
         dataloader_pin_memory=device == "cuda",
+        # Several processes (distribution: pytorch; accelerate picks gloo on CPU, NCCL on GPUs): the loss is
+        # token-weighted over the whole global batch (labelled tokens counted across ranks), so 2 processes × 4
+        # accumulation steps train as 1 × 8 do (tests/components/test_finetune_distributed.py).
+        average_tokens_across_devices=True,
         # Bookkeeping: log every step, checkpoint every save_steps (keep two), validate every eval_steps.
         logging_steps=1,
         save_strategy="steps",
@@ -264,6 +317,7 @@ def build_trainer(args: argparse.Namespace):
         eval_steps=args.eval_steps if periodic_eval else None,
         eval_on_start=periodic_eval,
         report_to="none",  # MLflow logging is ours (_step_logger), inside the run the platform set up
+        **strategy,  # distributed_strategy: DeepSpeed ZeRO or FSDP arguments; nothing for ddp
     )
     return _trainer_class()(
         model=model,
@@ -460,6 +514,7 @@ def main(args: argparse.Namespace) -> dict:
 
     import mlflow
 
+    from chatft.model_families import apply_stop_tokens
     from chatft.model_source import load_tokenizer
 
     started = time.perf_counter()
@@ -508,6 +563,7 @@ def main(args: argparse.Namespace) -> dict:
         tokenizer = load_tokenizer(args.base_model)
         tokenizer.save_pretrained(adapter)
         model = _merge(args, trainer)
+        apply_stop_tokens(model, tokenizer)  # generation stops at the end of a turn (<|end|> for Phi), not past it
         model.save_pretrained(merged)
         tokenizer.save_pretrained(merged)
 

@@ -210,6 +210,11 @@ class SubmissionPlan:
             "compute": {
                 "gpu_cluster": self.compute["gpu_cluster"]["name"],
                 "cpu_cluster": self.compute["cpu_cluster"]["name"],
+                # where finetune runs: the GPU cluster, or a multi-GPU preset's cluster and node count
+                "finetune": {
+                    "cluster": self.compute[self.settings.finetune_compute.cluster]["name"],
+                    "nodes": self.settings.finetune_compute.nodes,
+                },
                 "online_endpoint": self.compute["online_endpoint"],
             },
             "schedule": (
@@ -263,6 +268,9 @@ def print_plan(plan: SubmissionPlan, dry_run: bool) -> None:
         print(f"  component    {component.name}:{component.version}")
     compute = summary["compute"]
     print(f"  compute      {compute['gpu_cluster']} (GPU), {compute['cpu_cluster']} (CPU); created by make infra")
+    finetune = compute["finetune"]
+    if finetune["cluster"] != compute["gpu_cluster"] or finetune["nodes"] > 1:
+        print(f"  compute      finetune on {finetune['cluster']}, {finetune['nodes']} node(s)")
     if summary["schedule"]:
         schedule = summary["schedule"]
         print(f"  schedule     {schedule['name']}: '{schedule['cron']}' {schedule['time_zone']} (make schedule)")

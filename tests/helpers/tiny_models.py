@@ -2,26 +2,35 @@
 
 ``build_tiny_model(out_dir, "phi3")`` gives a ``Phi3ForCausalLM`` (fused ``qkv_proj`` / ``gate_up_proj``, as in
 Phi-3-mini) with Phi-3's chat template; ``"llama"`` gives a ``LlamaForCausalLM`` with SmolLM2's ChatML template,
-the architecture of the local default. The tokenizer is a byte-level BPE trained in memory on the test chats,
-so any text round-trips and no file or network is needed.
+the architecture of the local default; ``"phi3.5"`` and ``"phi4-mini"`` the newer Phi families, each with its
+own special tokens, chat template and stop tokens (``chatft.model_families``). The tokenizer is a byte-level BPE
+trained in memory on the test chats, so any text round-trips and no file or network is needed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from chatft.model_families import FAMILIES
 from chatft.model_source import SMOLLM2_CHAT_TEMPLATE
 from tests.helpers.chat_data import make_conversations
 
 # Phi-3-mini-4k-instruct's chat template, verbatim (TRL recognises it by exact match for assistant-only loss).
-PHI3_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + "
-    "'<|end|>\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
-    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
-)
+PHI3_CHAT_TEMPLATE = FAMILIES["phi-3-mini-4k"].chat_template
+
+
+def _family_arch(family: str) -> dict:
+    spec = FAMILIES[family]
+    return {
+        "special": list(spec.special_tokens),
+        "roles": spec.token_roles,
+        "stop": list(spec.stop_tokens),
+        "template": spec.chat_template,
+    }
+
 
 # Special tokens as the real tokenizers define them; the first ones get the lowest ids, like the originals.
+# "phi3" is Phi-3-mini-4k; "phi3.5" and "phi4-mini" the newer Phi families (chatft.model_families), Phi3ForCausalLM all.
 _ARCHS = {
     "phi3": {
         "special": ["<unk>", "<s>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
@@ -30,6 +39,8 @@ _ARCHS = {
         "stop": ["<|endoftext|>", "<|assistant|>", "<|end|>"],
         "template": PHI3_CHAT_TEMPLATE,
     },
+    "phi3.5": _family_arch("phi-3.5-mini"),
+    "phi4-mini": _family_arch("phi-4-mini"),
     "llama": {
         "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         "roles": {
@@ -72,7 +83,7 @@ def build_tokenizer(arch: str):
 
 
 def build_tiny_model(out_dir: str | Path, arch: str) -> Path:
-    """Save a tiny random ``arch`` ("phi3" or "llama") model and its tokenizer to ``out_dir``; return the path."""
+    """Save a tiny random ``arch`` model ("phi3", "phi3.5", "phi4-mini", "llama") and its tokenizer; return the path."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
@@ -96,8 +107,20 @@ def build_tiny_model(out_dir: str | Path, arch: str) -> Path:
         "max_position_embeddings": 1024,
     }
     torch.manual_seed(0)
-    if arch == "phi3":
+    if arch in ("phi3", "phi3.5"):
         config = Phi3Config(**shape, original_max_position_embeddings=1024, tie_word_embeddings=False, **ids)
+        model = Phi3ForCausalLM(config)
+    elif arch == "phi4-mini":
+        # Phi-4-mini: Phi-3's architecture with a vocabulary padded past the tokenizer (200,064 rows for ~200k
+        # tokens), rotary embeddings on 3/4 of each head, tied input and output embeddings.
+        ids["vocab_size"] = -(-len(tokenizer) // 64) * 64 + 64
+        config = Phi3Config(
+            **shape,
+            original_max_position_embeddings=1024,
+            partial_rotary_factor=0.75,
+            tie_word_embeddings=True,
+            **ids,
+        )
         model = Phi3ForCausalLM(config)
     else:
         config = LlamaConfig(**shape, tie_word_embeddings=True, **ids)  # SmolLM2 ties its embeddings

@@ -233,7 +233,10 @@ def _render(value: Any, cluster: dict[str, Any]) -> Any:
     return value
 
 
-@pytest.mark.parametrize(("symbol", "entry"), [("gpuCluster", "gpu_cluster"), ("cpuCluster", "cpu_cluster")])
+@pytest.mark.parametrize(
+    ("symbol", "entry"),
+    [("gpuCluster", "gpu_cluster"), ("gpuClusterX4", "gpu_cluster_x4"), ("cpuCluster", "cpu_cluster")],
+)
 def test_clusters_are_sized_by_compute_json(parsed, symbol, entry):
     compute_var = parsed["main.bicep"]["variables"]["compute"]["value"]["function"]
     assert compute_var == {
@@ -274,7 +277,7 @@ def test_gpu_cluster_scales_to_zero_after_two_idle_minutes(parsed):
 
 def test_compute_values_are_not_repeated_in_bicep():
     compute = json.loads((INFRA / "compute.json").read_text())
-    literals = {compute[c][k] for c in ("gpu_cluster", "cpu_cluster") for k in ("name", "vm_size")}
+    literals = {compute[c][k] for c in ("gpu_cluster", "gpu_cluster_x4", "cpu_cluster") for k in ("name", "vm_size")}
     literals.add(compute["online_endpoint"]["instance_type"])
     for path in INFRA.rglob("*.bicep"):
         text = path.read_text()

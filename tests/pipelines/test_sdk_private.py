@@ -51,3 +51,12 @@ def test_rest_field_reads_the_wire_keys_the_sdk_copies_onto_sizes_and_usages(azu
     usage = next(u for u in ml_client.compute.list_usage(location="eastus2") if "DSv3" in str(u.id))
     assert usage.current_value is None and sdk_private.rest_field(usage, "currentValue", "current_value") == 4
     assert sdk_private.rest_field(usage, "name")["localizedValue"] == "Standard DSv3 Family Cluster Dedicated vCPUs"
+
+
+def test_workspace_guid_and_client_credential(azure_sim):
+    from tests.helpers.azure_transport import fixture
+
+    ml_client = azure_sim.client()
+    workspace = ml_client.workspaces.get(ml_client.workspace_name)
+    assert sdk_private.workspace_guid(workspace) == fixture("workspace.json")["properties"]["workspaceId"]
+    assert hasattr(sdk_private.client_credential(ml_client), "get_token")
