@@ -14,7 +14,7 @@ RESOURCE_GROUP ?= rg-chatft-dev
 INFRA_PARAMS ?= infra/main.dev.bicepparam
 QUESTION ?= My internet keeps dropping every evening. What should I check first?
 
-.PHONY: help install run chat ask stop status monitor teardown validate test lint lint-infra infra infra-what-if format submit preflight schedule unschedule retrain mlflow-ui clean lock
+.PHONY: help install run chat ask stop status monitor teardown validate test lint lint-infra infra infra-what-if format submit preflight schedule unschedule retrain follow mlflow-ui clean lock
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ BACKEND ?= azure
 
 submit: install ## Preflight, register what changed, submit to Azure ML, follow the run (DRY_RUN=1: YAML + plan only; BACKEND=serverless)
 	$(PY) -m pipelines.run --backend $(BACKEND) --output-root $(OUTPUT_ROOT) $(AZURE_FLAGS) $(ARGS)
+
+follow: install ## Follow the last submitted Azure run (or JOB=name) to its end; exit 4 unless it completed
+	$(PY) -m pipelines.follow --output-root $(OUTPUT_ROOT) $(if $(JOB),--job $(JOB)) $(ARGS)
 
 preflight: install ## Check quota and estimate the cost of an Azure run (DRY_RUN=1: cost only, offline; BACKEND=serverless)
 	$(PY) -m $(if $(filter serverless,$(BACKEND)),pipelines.azure.serverless preflight --output-root $(OUTPUT_ROOT),pipelines.preflight) $(AZURE_FLAGS) $(ARGS)

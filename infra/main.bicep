@@ -1,5 +1,5 @@
 // chatft infrastructure: one Azure ML workspace with its dependencies, a compute identity, two clusters, and the
-// Event Grid -> Azure Function path that retrains on new training data.
+// Event Grid -> Storage queue -> Azure Function path that retrains on new training data.
 // Deploy (Azure CLI compiles the Bicep):
 //   az deployment group create --resource-group <rg> --template-file infra/main.bicep --parameters infra/main.dev.bicepparam
 // Every resource lives in its own module under modules/; this file only wires them together.
@@ -17,9 +17,6 @@ param location string = 'eastus2'
 param tags object = {
   project: 'chatft'
 }
-
-@description('True once the retraining function\'s code is published (infra/retrain_function/): creates the Event Grid subscription that calls it.')
-param retrainFunctionDeployed bool = false
 
 // Cluster names, sizes and scale settings live once, in compute.json; the pipeline code reads the same file.
 var compute = loadJsonContent('compute.json')
@@ -165,6 +162,14 @@ module functionStorage 'modules/function_storage.bicep' = {
   }
 }
 
+module retrainQueue 'modules/retrain_queue.bicep' = {
+  name: '${deployment().name}-retrain-queue'
+  params: {
+    baseName: baseName
+    functionStorageName: functionStorage.outputs.name
+  }
+}
+
 module retrainRoles 'modules/retrain_role_assignments.bicep' = {
   name: '${deployment().name}-retrain-roles'
   params: {
@@ -191,6 +196,8 @@ module retrainFunction 'modules/function_app.bicep' = {
     workspaceName: workspace.outputs.name
     trainingStorageBlobEndpoint: storage.outputs.blobEndpoint
     trainingDataContainerName: storage.outputs.trainingDataContainerName
+    retrainQueueName: retrainQueue.outputs.queueName
+    lockContainerName: retrainQueue.outputs.lockContainerName
   }
 }
 
@@ -203,8 +210,8 @@ module eventGrid 'modules/event_grid.bicep' = {
     storageAccountName: storage.outputs.name
     trainingDataContainerName: storage.outputs.trainingDataContainerName
     deadLetterContainerName: storage.outputs.deadLetterContainerName
-    retrainFunctionId: retrainFunction.outputs.retrainFunctionId
-    retrainFunctionDeployed: retrainFunctionDeployed
+    queueStorageName: functionStorage.outputs.name
+    queueName: retrainQueue.outputs.queueName
   }
 }
 
@@ -220,3 +227,4 @@ output trainingDataContainerName string = storage.outputs.trainingDataContainerN
 output eventGridSystemTopicName string = eventGrid.outputs.name
 output retrainSubscriptionName string = eventGrid.outputs.retrainSubscriptionName
 output retrainFunctionAppName string = retrainFunction.outputs.name
+output retrainQueueName string = retrainQueue.outputs.queueName

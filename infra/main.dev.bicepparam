@@ -10,7 +10,3 @@ param tags = {
   project: 'chatft'
   environment: 'dev'
 }
-
-// The Event Grid subscription to the retraining function needs its code published first (infra/README.md):
-// deploy once, publish, then deploy again with CHATFT_RETRAIN_FUNCTION_DEPLOYED=true.
-param retrainFunctionDeployed = bool(readEnvironmentVariable('CHATFT_RETRAIN_FUNCTION_DEPLOYED', 'false'))

@@ -240,15 +240,24 @@ def azure_connection(name: str, ml_client=None) -> dict:
     return {"url": url, "headers": {"Authorization": f"Bearer {key}"}, "label": f"{name} (Azure ML)"}
 
 
+def _state(value) -> str:
+    return str(getattr(value, "value", value))
+
+
 def status_azure(name: str, ml_client=None) -> int:
     client = azure_client(ml_client)
     endpoint = client.online_endpoints.get(name)
-    print(f"{name}: {endpoint.scoring_uri}  ({endpoint.provisioning_state})")
+    # The SDK reports states as enums (EndpointProvisioningState.SUCCEEDED in an f-string): print their value.
+    print(f"{name}: {endpoint.scoring_uri}  ({_state(endpoint.provisioning_state)})")
     for deployment in client.online_deployments.list(endpoint_name=name):
         share = (endpoint.traffic or {}).get(deployment.name, 0)
         model = (deployment.tags or {}).get("model", deployment.model)
-        print(f"  {deployment.name:<6} {share:>3}%  {model}  {deployment.provisioning_state}")
-    return 0 if endpoint.provisioning_state == "Succeeded" and live_deployment({"traffic": endpoint.traffic}) else 1
+        print(f"  {deployment.name:<6} {share:>3}%  {model}  {_state(deployment.provisioning_state)}")
+    return (
+        0
+        if _state(endpoint.provisioning_state) == "Succeeded" and live_deployment({"traffic": endpoint.traffic})
+        else 1
+    )
 
 
 def teardown_azure(name: str, delete_model: bool, ml_client=None) -> int:

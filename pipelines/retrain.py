@@ -8,7 +8,10 @@ The decision is one lookup: the data asset version is the data's fingerprint (pr
 records), so "this version exists" means "a run already trained on exactly these records". When it does not
 exist, the submission registers it and runs the pipeline (``pipelines.azure.submit.submit``). The cloud trigger
 in ``infra/retrain_function/`` calls ``retrain()`` on the blobs it downloads, so a laptop and the Event Grid
-path decide the same way.
+path decide the same way. There, Event Grid only enqueues; one worker at a time waits for an upload to finish and
+decides once, so every later event of the same upload, and every redelivery, lands on "already registered". Two
+submissions that still race to register the same version are both fine when the registered version carries
+this data's fingerprint (``ensure_data_asset``).
 
 Locally there is nothing to call: ``make run`` already retrains on new data. The local backend keys every step on
 the content of its inputs, so a new file in ``data/`` reruns prep_data and everything downstream of it, and an

@@ -134,6 +134,49 @@ def serving_settings() -> dict:
         raise DeployError(str(err)) from None
 
 
+PROBES = ("readiness", "liveness")
+PROBE_KEYS = ("initial_delay", "period", "timeout", "success_threshold", "failure_threshold")
+
+
+def probe_settings(path: Path | None = None) -> dict:
+    """serving.json's "probes" as the SDK's ``ProbeSettings`` ({"readiness": ..., "liveness": ...}), after checking
+    that neither probe gives up on a model still loading (the arithmetic is in serving.json's "_notes")."""
+    import json
+
+    from azure.ai.ml.entities import ProbeSettings
+
+    path = path or HERE / SERVING_FILE
+    raw = json.loads(path.read_text(encoding="utf-8")).get("probes")
+    where = f"{path}: probes"
+    if not isinstance(raw, dict) or set(raw) != {"model_load_worst_case_s", *PROBES}:
+        raise DeployError(f"{where} must be an object with model_load_worst_case_s, readiness and liveness")
+    worst = raw["model_load_worst_case_s"]
+    if not isinstance(worst, int) or isinstance(worst, bool) or worst < 1:
+        raise DeployError(f"{where}.model_load_worst_case_s must be a whole number of seconds >= 1, got {worst!r}")
+    for probe in PROBES:
+        values = raw[probe]
+        if not isinstance(values, dict) or set(values) != set(PROBE_KEYS):
+            raise DeployError(f"{where}.{probe} needs exactly {', '.join(PROBE_KEYS)} (seconds / counts)")
+        for key, value in values.items():
+            lowest = 0 if key == "initial_delay" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+                raise DeployError(f"{where}.{probe}.{key} must be a whole number >= {lowest}, got {value!r}")
+        if values["timeout"] >= values["period"]:
+            raise DeployError(f"{where}.{probe}.timeout must be shorter than its period")
+    readiness, liveness = raw["readiness"], raw["liveness"]
+    if liveness["initial_delay"] < worst:
+        raise DeployError(
+            f"{where}.liveness.initial_delay is under model_load_worst_case_s: a loading model would be restarted"
+        )
+    if readiness["initial_delay"] + readiness["failure_threshold"] * readiness["period"] < worst:
+        raise DeployError(
+            f"{where}.readiness gives up before model_load_worst_case_s (initial_delay + failure_threshold x period)"
+        )
+    if liveness["success_threshold"] != 1:
+        raise DeployError(f"{where}.liveness.success_threshold must be 1 (Kubernetes allows no other value)")
+    return {probe: ProbeSettings(**raw[probe]) for probe in PROBES}
+
+
 def stage_code(dest: Path, with_launcher: bool) -> Path:
     """Copy what the server runs (score.py and its serving.json, chatft, optionally the launcher) into ``dest``.
 
@@ -516,6 +559,7 @@ def build_deployment(
     from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, OnlineRequestSettings
 
     serving = serving_settings()
+    probes = probe_settings()
     environment_variables = {
         **_sibling("serve_local").server_environment(serving),
         # The server's App Insights hook reads each response's whole body to log it (response.get_data()), which
@@ -542,6 +586,9 @@ def build_deployment(
             request_timeout_ms=serving["request_timeout_ms"],
             max_concurrent_requests_per_instance=serving["max_concurrent_requests_per_instance"],
         ),
+        # The merged weights take minutes to load: probes sized for that, from serving.json.
+        readiness_probe=probes["readiness"],
+        liveness_probe=probes["liveness"],
         tags={"model": f"{model_info['name']}:{model_info['version']}"},
     )
 

@@ -1,5 +1,7 @@
-// Retraining trigger: blob-created events on the training-data container go to the retraining function
-// (infra/retrain_function/, deployed by function_app.bicep), which runs pipelines/retrain.py. See infra/README.md.
+// Retraining trigger: blob-created events on the training-data container are put on the retraining queue
+// (retrain_queue.bicep), which the retraining function (infra/retrain_function/, function_app.bicep) works through
+// one message at a time. Event Grid only enqueues: a queue write takes milliseconds, so it never waits ~30 s on a
+// submission and redelivers it, as it did when it called the function directly. See infra/README.md.
 
 @description('Short name shared by every resource of this deployment (lowercase letters and digits).')
 param baseName string
@@ -19,16 +21,32 @@ param trainingDataContainerName string
 @description('Container that keeps events Event Grid could not deliver.')
 param deadLetterContainerName string
 
-@description('Resource id of the function that receives the events (<function app id>/functions/<name>).')
-param retrainFunctionId string
+@description('Name of the storage account that holds the retraining queue (the function\'s own).')
+param queueStorageName string
 
-@description('Whether the function\'s code is published: Event Grid checks the function exists when the subscription is created, so the first deployment (before `func azure functionapp publish`) leaves it out.')
-param retrainFunctionDeployed bool
+@description('Name of the retraining queue in that account.')
+param queueName string
 
 var retrainSubscriptionName = 'evgs-${baseName}-retrain'
+// Built-in role: send messages to a queue, nothing else. The same id in every tenant.
+var storageQueueDataMessageSenderRoleId = 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2024-01-01' existing = {
   name: storageAccountName
+}
+
+resource queueStorage 'Microsoft.Storage/storageAccounts@2024-01-01' existing = {
+  name: queueStorageName
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2024-01-01' existing = {
+  parent: queueStorage
+  name: 'default'
+}
+
+resource queue 'Microsoft.Storage/storageAccounts/queueServices/queues@2024-01-01' existing = {
+  parent: queueService
+  name: queueName
 }
 
 // The topic costs nothing without subscriptions, so it is always there to subscribe to.
@@ -36,24 +54,49 @@ resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' = {
   name: 'evgt-${baseName}-storage'
   location: location
   tags: tags
+  // Its own identity delivers to the queue: the queue's account has shared keys off.
+  identity: {
+    type: 'SystemAssigned'
+  }
   properties: {
     source: storageAccount.id
     topicType: 'Microsoft.Storage.StorageAccounts'
   }
 }
 
-resource retrainSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = if (retrainFunctionDeployed) {
+// The topic may send to this queue only.
+resource topicSendsToQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(queue.id, systemTopic.id, storageQueueDataMessageSenderRoleId)
+  scope: queue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataMessageSenderRoleId)
+    principalId: systemTopic.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: '${baseName}: Event Grid enqueues blob-created events for the retraining function'
+  }
+}
+
+// The queue exists from the first deployment, so the subscription does too: events wait there (up to the message
+// time to live) until the function's code is published.
+resource retrainSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = {
   parent: systemTopic
   name: retrainSubscriptionName
+  dependsOn: [
+    topicSendsToQueue
+  ]
   properties: {
-    // By resource id: Event Grid calls the function with the host's own key; no URL or key in the template.
-    destination: {
-      endpointType: 'AzureFunction'
-      properties: {
-        resourceId: retrainFunctionId
-        // One event per call: each new file is one retraining decision.
-        maxEventsPerBatch: 1
-        preferredBatchSizeInKilobytes: 64
+    deliveryWithResourceIdentity: {
+      identity: {
+        type: 'SystemAssigned'
+      }
+      destination: {
+        endpointType: 'StorageQueue'
+        properties: {
+          resourceId: queueStorage.id
+          queueName: queue.name
+          // A week: longer than any outage of the function worth waiting out; the poison queue keeps failures.
+          queueMessageTimeToLiveInSeconds: 604800
+        }
       }
     }
     eventDeliverySchema: 'EventGridSchema'
@@ -83,7 +126,7 @@ resource retrainSubscription 'Microsoft.EventGrid/systemTopics/eventSubscription
       maxDeliveryAttempts: 30
       eventTimeToLiveInMinutes: 1440
     }
-    // Undeliverable events are kept, not dropped: a missed retraining is visible and replayable.
+    // Retries are for the queue write only (seconds); events that still fail are kept, not dropped.
     deadLetterDestination: {
       endpointType: 'StorageBlob'
       properties: {
@@ -96,4 +139,5 @@ resource retrainSubscription 'Microsoft.EventGrid/systemTopics/eventSubscription
 
 output id string = systemTopic.id
 output name string = systemTopic.name
-output retrainSubscriptionName string = retrainFunctionDeployed ? retrainSubscriptionName : ''
+output retrainSubscriptionName string = retrainSubscription.name
+output principalId string = systemTopic.identity.principalId

@@ -1,6 +1,7 @@
 // The retraining function: an Azure Functions app on the Flex Consumption plan (Linux, Python 3.11) whose one
-// function, retrain_on_new_data, receives blob-created events from Event Grid and runs pipelines/retrain.py on the
-// training data (code: infra/retrain_function/). It runs as the user-assigned retrain identity: no keys, no secrets.
+// function, retrain_on_new_data, takes blob-created events off the retraining queue (retrain_queue.bicep) and runs
+// pipelines/retrain.py on the training data (code: infra/retrain_function/). Nothing calls the app: its queue
+// trigger pulls. It runs as the user-assigned retrain identity: no keys, no secrets.
 // The plan is part of this module: it exists only for this app.
 
 @description('Short name shared by every resource of this deployment (lowercase letters and digits).')
@@ -39,12 +40,18 @@ param trainingStorageBlobEndpoint string
 @description('Container that holds the training data.')
 param trainingDataContainerName string
 
+@description('Queue of the function storage account that Event Grid puts the blob-created events on.')
+param retrainQueueName string
+
+@description('Container of the function storage account holding the lock blob that lets one worker decide at a time.')
+param lockContainerName string
+
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
-  // checkov:skip=CKV_AZURE_225: a missed event during a zone outage is redelivered by Event Grid for 24 hours, then dead-lettered; zone redundancy is not worth its always-ready instances here
+  // checkov:skip=CKV_AZURE_225: events wait on the queue (a week) through a zone outage and are worked off afterwards; zone redundancy is not worth its always-ready instances here
   name: 'asp-${baseName}-retrain'
   location: location
   tags: tags
@@ -59,10 +66,10 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 }
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
-  // checkov:skip=CKV_AZURE_222: Event Grid must reach the app and there is no VNet in this template (README: network isolation); the function has no HTTP trigger
-  // checkov:skip=CKV_AZURE_17: Event Grid delivers to an AzureFunction destination with the host's system key; it presents no client certificate
-  // checkov:skip=CKV_AZURE_212: Flex Consumption scales from zero per event; there is no standing instance to fail over from
-  // checkov:skip=CKV_AZURE_213: no HTTP endpoint to probe: the only function is an Event Grid trigger, whose failures Event Grid retries
+  // checkov:skip=CKV_AZURE_222: `func azure functionapp publish` from a laptop reaches the app's deployment endpoint and there is no VNet in this template (README: network isolation); the function has no HTTP trigger
+  // checkov:skip=CKV_AZURE_17: nothing calls the app (its queue trigger pulls), so there is no client to present a certificate
+  // checkov:skip=CKV_AZURE_212: Flex Consumption scales from zero per queued message; there is no standing instance to fail over from
+  // checkov:skip=CKV_AZURE_213: no HTTP endpoint to probe: the only function is a queue trigger, whose failures the queue retries
   name: 'func-${baseName}-${uniqueString(resourceGroup().id)}'
   location: location
   tags: tags
@@ -90,7 +97,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         }
       }
       scaleAndConcurrency: {
-        // The lowest cap Flex Consumption accepts; one event is one short submission.
+        // The lowest cap Flex Consumption accepts (MicrosoftDocs/azure-docs#128255), so one instance cannot be
+        // enforced here: retrain_handler.BlobLock lets one worker decide at a time instead.
         maximumInstanceCount: 40
         instanceMemoryMB: 2048
       }
@@ -147,6 +155,19 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'CHATFT_TRAINING_CONTAINER'
           value: trainingDataContainerName
         }
+        // The queue the trigger reads (function_app.py: queue_name="%CHATFT_RETRAIN_QUEUE%") and the lock blob's home.
+        {
+          name: 'CHATFT_RETRAIN_QUEUE'
+          value: retrainQueueName
+        }
+        {
+          name: 'CHATFT_LOCK_ACCOUNT_URL'
+          value: functionStorageBlobEndpoint
+        }
+        {
+          name: 'CHATFT_LOCK_CONTAINER'
+          value: lockContainerName
+        }
       ]
     }
   }
@@ -154,5 +175,3 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 
 output id string = functionApp.id
 output name string = functionApp.name
-// The Event Grid destination: the function by resource id (no URL, no key in the template or its parameters).
-output retrainFunctionId string = '${functionApp.id}/functions/retrain_on_new_data'

@@ -10,6 +10,7 @@ from pathlib import Path
 from pipelines.azure.plan import (
     CONTENT_TAG,
     FINGERPRINT_TAG,
+    VERSION_DIGITS,
     ComponentPlan,
     DataAssetPlan,
     EnvironmentPlan,
@@ -72,8 +73,40 @@ def ensure_data_asset(ml_client, plan: DataAssetPlan) -> None:
             description=f"Chat JSONL, {plan.records} records; version = data fingerprint (prep_data's split_info).",
             tags={FINGERPRINT_TAG: plan.fingerprint, "records": str(plan.records)},
         )
-        ml_client.data.create_or_update(data)
+        try:
+            ml_client.data.create_or_update(data)
+        except Exception as err:  # the service's answer when another run registered this version first
+            if not _registered_meanwhile(ml_client, plan, err):
+                raise
+            print(f"  data asset   {plan.name}:{plan.version} registered meanwhile by another run (same fingerprint)")
+            return
     print(f"  data asset   {plan.name}:{plan.version} registered ({plan.records} records)")
+
+
+def _registered_meanwhile(ml_client, plan: DataAssetPlan, err: Exception) -> bool:
+    """Whether ``err`` from registering ``plan`` is a lost race: the version exists now, with the same data.
+
+    Two submissions of the same new data (a redelivered event, a second worker) both find the version missing and
+    both register it; the second gets an error from the service (a conflict, or AssetPathException when the
+    service refuses to change the path). The version is then there: with our fingerprint it is the same data and
+    nothing is lost; with another it is a real clash, reported as one.
+    """
+    from azure.ai.ml.exceptions import AssetPathException
+    from azure.core.exceptions import HttpResponseError
+
+    if not isinstance(err, (HttpResponseError, AssetPathException)):
+        return False
+    existing = get_or_none(ml_client.data, plan.name, plan.version)
+    if existing is None:
+        return False
+    registered = (existing.tags or {}).get(FINGERPRINT_TAG)
+    if registered != plan.fingerprint:
+        raise SubmissionError(
+            f"data asset {plan.name}:{plan.version} already exists with data fingerprint {registered or 'none'}, "
+            f"not {plan.fingerprint[:VERSION_DIGITS]}…: another asset took this version; remove it or rename the "
+            "data asset (azure.data_asset_name in the preset)"
+        ) from err
+    return True
 
 
 def ensure_components(ml_client, plans: list[ComponentPlan], job) -> dict:

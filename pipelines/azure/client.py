@@ -2,7 +2,8 @@
 
 The workspace comes from ``.azureml/config.json`` (as written by the Studio's "download config") or from the
 environment variables AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZUREML_WORKSPACE_NAME; credentials from
-``DefaultAzureCredential`` (az login, a managed identity, or GitHub OIDC).
+``DefaultAzureCredential`` (az login, a managed identity), or in GitHub Actions from the job's OIDC tokens
+(``pipelines/github_oidc.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def workspace_client(project_root: Path = PROJECT_ROOT, credential=None, **kwarg
     if credential is None:
         from azure.identity import DefaultAzureCredential
 
-        credential = DefaultAzureCredential()
+        from pipelines import github_oidc
+
+        # In GitHub Actions, a credential that fetches a new OIDC token for each Entra token: a run followed for
+        # hours outlives any single login (Azure/login#180).
+        credential = github_oidc.credential_from_env() or DefaultAzureCredential()
     config = project_root / ".azureml" / "config.json"
     if config.is_file():
         return MLClient.from_config(credential=credential, path=str(config), **kwargs)

@@ -8,6 +8,7 @@ and reads the run-history service besides ARM. A failed run ends with a message 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pipelines.settings import RunSettings
 FAILED_STATES = {"Failed", "Canceled", "NotResponding"}
 FINAL_STATES = FAILED_STATES | {"Completed"}
 POLL_SECONDS = 30  # a pipeline run takes minutes to hours; a status read every 30 s is plenty
+SUBMITTED_FILE = Path("azure") / "submitted_job.json"  # under the output root
 
 
 def ready_workspace(plan: SubmissionPlan, options: SubmitOptions, ml_client, action: str, nothing_done: str):
@@ -71,6 +73,15 @@ def follow_run(ml_client, name: str, studio_url: str | None) -> int:
     return 0
 
 
+def record_submission(output_root: Path, submitted, experiment: str) -> Path:
+    """What ``make follow`` (``pipelines/follow.py``, e.g. a later CI step) reads to find the run just submitted."""
+    path = output_root / SUBMITTED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"name": submitted.name, "studio_url": submitted.studio_url, "experiment": experiment}
+    path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def submit(
     settings: RunSettings,
     dry_run: bool,
@@ -96,6 +107,7 @@ def submit(
     if isinstance(ml_client, int):
         return ml_client
     submitted = ml_client.jobs.create_or_update(plan.job, experiment_name=plan.settings.experiment_name)
+    record_submission(output_root, submitted, plan.settings.experiment_name)  # for make follow / a later CI step
     print(f"Submitted {submitted.name}: {submitted.studio_url}", flush=True)
     if not options.stream:
         return 0

@@ -27,6 +27,7 @@ STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 AZUREML_DATA_SCIENTIST = "f6c7c914-8db3-469d-8ca1-694a8f32e121"
+STORAGE_QUEUE_DATA_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
 ML_API_VERSION = "2025-09-01"
 
 _PARSE_SCRIPT = """
@@ -294,32 +295,60 @@ def test_clusters_run_as_the_user_assigned_identity(parsed):
         assert _ref(_module(parsed, symbol)["config"]["params"]["identityId"]) == "identity.outputs.id"
 
 
-def test_retraining_subscription_calls_the_function_once_its_code_is_published(parsed):
-    main_param = parsed["main.bicep"]["parameters"]["retrainFunctionDeployed"]
-    assert main_param["type"] == "bool" and main_param["default"] is False
+def test_event_grid_only_enqueues_blob_created_events_for_the_retraining_function(parsed):
+    """Event Grid delivers to a Storage queue, not to the function: it never waits on a submission (and redelivers
+    it after ~30 s), and the subscription needs no published function, so there is one deployment, not two."""
+    assert "retrainFunctionDeployed" not in parsed["main.bicep"]["parameters"]
     assert not any("secure" in str(p["decorators"]) for p in parsed["main.bicep"]["parameters"].values()), (
-        "the retraining path needs no secret parameter: the function is addressed by resource id"
+        "the retraining path needs no secret parameter: the queue is addressed by resource id"
     )
 
     tree = parsed["modules/event_grid.bicep"]
     (topic,) = _resources(tree, "Microsoft.EventGrid/systemTopics").values()
     assert topic["config"]["properties"]["topicType"] == "Microsoft.Storage.StorageAccounts"
+    assert topic["config"]["identity"] == {"type": "SystemAssigned"}
     (subscription,) = _resources(tree, "Microsoft.EventGrid/systemTopics/eventSubscriptions").values()
-    assert subscription["config"]["condition"] == "retrainFunctionDeployed"
-    body = _config(subscription)["properties"]
-    assert body["destination"]["endpointType"] == "AzureFunction"
-    assert body["destination"]["properties"]["resourceId"] == "retrainFunctionId"
+    assert "condition" not in subscription["config"], "the queue exists from the first deployment"
+    body = subscription["config"]["properties"]
+    assert "destination" not in body, "delivery goes through the topic's identity (the account has shared keys off)"
+    delivery = body["deliveryWithResourceIdentity"]
+    assert delivery["identity"] == {"type": "SystemAssigned"}
+    assert delivery["destination"]["endpointType"] == "StorageQueue"
+    assert _ref(delivery["destination"]["properties"]["resourceId"]) == "queueStorage.id"
+    assert _ref(delivery["destination"]["properties"]["queueName"]) == "queue.name"
     assert body["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
     assert body["filter"]["subjectBeginsWith"] == "/blobServices/default/containers/${trainingDataContainerName}/blobs/"
     assert body["deadLetterDestination"]["properties"]["blobContainerName"] == "deadLetterContainerName"
+
+    # The topic may only send messages, and only to this queue; the subscription waits for that grant.
+    (grant,) = _resources(tree, "Microsoft.Authorization/roleAssignments").values()
+    assert grant["config"]["scope"] == "queue"
+    role_var = grant["config"]["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+    assert tree["variables"][role_var]["value"] == STORAGE_QUEUE_DATA_MESSAGE_SENDER
+    assert _ref(grant["config"]["properties"]["principalId"]) == "systemTopic.identity.principalId"
+    assert subscription["config"]["dependsOn"] == ["topicSendsToQueue"]
+
+    # One queue, named once: the retrain_queue module's output feeds Event Grid and the function's app setting.
+    queue_tree = parsed["modules/retrain_queue.bicep"]
+    (queue,) = _resources(queue_tree, "Microsoft.Storage/storageAccounts/queueServices/queues").values()
+    assert queue["config"]["name"] == "queueName"
     params = _module(parsed, "eventGrid")["config"]["params"]
     assert _ref(params["trainingDataContainerName"]) == "storage.outputs.trainingDataContainerName"
-    assert _ref(params["retrainFunctionId"]) == "retrainFunction.outputs.retrainFunctionId"
-    assert params["retrainFunctionDeployed"] == "retrainFunctionDeployed"
-    # The function id names the function that infra/retrain_function/function_app.py defines.
-    function_id = parsed["modules/function_app.bicep"]["outputs"]["retrainFunctionId"]["value"]
-    assert function_id == "${functionApp.id}/functions/retrain_on_new_data"
-    assert '@app.function_name("retrain_on_new_data")' in (INFRA / "retrain_function" / "function_app.py").read_text()
+    assert _ref(params["queueStorageName"]) == "functionStorage.outputs.name"
+    assert _ref(params["queueName"]) == "retrainQueue.outputs.queueName"
+    assert _ref(_module(parsed, "retrainQueue")["config"]["params"]["functionStorageName"]) == (
+        "functionStorage.outputs.name"
+    )
+    app_params = _module(parsed, "retrainFunction")["config"]["params"]
+    assert _ref(app_params["retrainQueueName"]) == "retrainQueue.outputs.queueName"
+    assert _ref(app_params["lockContainerName"]) == "retrainQueue.outputs.lockContainerName"
+    (app,) = _resources(parsed["modules/function_app.bicep"], "Microsoft.Web/sites").values()
+    settings = {s["name"]: s["value"] for s in app["config"]["properties"]["siteConfig"]["appSettings"]}
+    assert settings["CHATFT_RETRAIN_QUEUE"] == "retrainQueueName"
+    assert settings["CHATFT_LOCK_CONTAINER"] == "lockContainerName"
+    assert settings["CHATFT_LOCK_ACCOUNT_URL"] == "functionStorageBlobEndpoint"
+    source = (INFRA / "retrain_function" / "function_app.py").read_text()
+    assert 'queue_name="%CHATFT_RETRAIN_QUEUE%"' in source and 'connection="AzureWebJobsStorage"' in source
 
 
 def test_retrain_function_runs_python_on_flex_consumption_as_its_own_identity(parsed):
@@ -388,6 +417,7 @@ def test_main_outputs_what_the_pipeline_needs(parsed):
         "gpuClusterName": "gpuCluster.outputs.name",
         "cpuClusterName": "cpuCluster.outputs.name",
         "retrainFunctionAppName": "retrainFunction.outputs.name",
+        "retrainQueueName": "retrainQueue.outputs.queueName",
     }
     assert {name: _ref(outputs[name]["value"]) for name in expected} == expected
 
@@ -403,7 +433,6 @@ def test_dev_parameters_file_sets_every_required_parameter(parsed):
     assert required <= set(assigned), f"required parameters not set: {required - set(assigned)}"
     base_name = assigned["baseName"].strip("'")
     assert re.fullmatch(r"[a-z0-9]{3,12}", base_name), base_name
-    assert "readEnvironmentVariable('CHATFT_RETRAIN_FUNCTION_DEPLOYED', 'false')" in assigned["retrainFunctionDeployed"]
 
 
 def _checkov_report(iac_python: Path, folder: Path) -> dict[str, Any]:

@@ -39,24 +39,42 @@ def test_submit_runs_on_main_only_after_the_tests(workflow):
     submit = workflow["jobs"]["submit"]
     assert submit["needs"] == "test"
     assert submit["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
-    assert _runs(submit)[-1] == "make submit"
     assert submit["concurrency"]["cancel-in-progress"] is False, "a newer push must not cancel a running pipeline"
 
 
-def test_azure_login_is_oidc_with_ids_from_repository_variables(workflow):
+def test_the_run_is_submitted_without_streaming_then_followed_in_a_later_step(workflow):
+    """Azure/login#180: an OIDC login cannot be refreshed, so nothing may hold one across a run of hours."""
+    runs = _runs(workflow["jobs"]["submit"])
+    assert runs[-2:] == ["make submit ARGS=--no-stream", "make follow"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^follow: install ## .+\n\t\$\(PY\) -m pipelines\.follow ", makefile, re.MULTILINE)
+
+
+def test_no_job_holds_one_login_across_submit_and_follow(workflow):
+    for name, job in workflow["jobs"].items():
+        uses = [step.get("uses", "") for step in job["steps"]]
+        assert not [u for u in uses if u.startswith("azure/login@")], (
+            f"job {name}: azure/login exchanges one GitHub ID token once; pipelines/github_oidc.py fetches one per "
+            "Azure token instead"
+        )
+        for step in job["steps"]:
+            run = step.get("run", "")
+            assert not re.search(r"\bmake submit\b(?!.*--no-stream)", run), f"job {name}: submit streams: {run}"
+            assert "az login" not in run and "az ml job stream" not in run, f"job {name}: {run}"
+
+
+def test_azure_sign_in_is_oidc_with_ids_from_repository_variables(workflow):
+    from pipelines import github_oidc
+
     assert workflow["permissions"] == {"contents": "read"}, "least privilege by default"
     assert "id-token" not in workflow["jobs"]["test"].get("permissions", {})
     submit = workflow["jobs"]["submit"]
+    # id-token: write is what makes GitHub set the token request variables github_oidc reads.
     assert submit["permissions"] == {"contents": "read", "id-token": "write"}
-    (login,) = [step for step in submit["steps"] if step.get("uses", "").startswith("azure/login@")]
-    assert login["with"] == {
-        "client-id": "${{ vars.AZURE_CLIENT_ID }}",
-        "tenant-id": "${{ vars.AZURE_TENANT_ID }}",
-        "subscription-id": "${{ vars.AZURE_SUBSCRIPTION_ID }}",
-    }
-    # What pipelines/azure_backend.workspace_client() reads when there is no .azureml/config.json.
-    assert set(submit["env"]) == {"AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"}
-    assert all(value.startswith("${{ vars.") for value in submit["env"].values())
+    assert set(github_oidc.IDENTITY) <= set(submit["env"])
+    # And what pipelines/azure/client.workspace_client() reads when there is no .azureml/config.json.
+    assert {"AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME"} <= set(submit["env"])
+    assert all(value == f"${{{{ vars.{name} }}}}" for name, value in submit["env"].items())
 
 
 def test_no_stored_secret_is_used_anywhere():

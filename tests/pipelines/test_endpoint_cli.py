@@ -1,5 +1,6 @@
-"""pipelines.endpoint against an Azure ML endpoint, offline: a recording fake MLClient for the control plane and a
-loopback server that checks the key as a managed endpoint does (a simulation: no Azure is reached).
+"""pipelines.endpoint against an Azure ML endpoint, offline: a real MLClient over the simulated Azure ML REST API
+for the control plane (tests/helpers/azure_endpoints.py) and a loopback server that checks the key as a managed
+endpoint does (both simulations: no Azure is reached).
 
 The local half (status, ask, chat, stop, teardown against real servers) is in tests/components/test_deploy_endpoint.py.
 """
@@ -14,7 +15,7 @@ import pytest
 
 from pipelines import endpoint
 from pipelines.settings import PROJECT_ROOT, load_settings
-from tests.helpers.fake_azure import FakeMLClient
+from tests.helpers.azure_endpoints import EndpointSimulation, simulated_endpoints
 
 KEY = "s3cret-endpoint-key"
 
@@ -61,10 +62,17 @@ def azure(*argv: str) -> list[str]:
     return ["--target", "azure", *argv]
 
 
-def live_client(scoring_url: str | None = None) -> FakeMLClient:
-    client = FakeMLClient(key=KEY).with_live("chat-ft-phi3", "green", "chat-ft:7")
-    client.scoring_uri = scoring_url
-    return client
+@pytest.fixture
+def endpoint_sim(monkeypatch):
+    yield from simulated_endpoints(monkeypatch)
+
+
+def live(sim: EndpointSimulation, scoring_url: str | None = None) -> EndpointSimulation:
+    """The azure preset's endpoint, live on green with chat-ft:7; its scoring URI is ``scoring_url`` if given."""
+    sim.key = KEY
+    if scoring_url:
+        sim.scoring_uris["chat-ft-phi3"] = scoring_url
+    return sim.with_live("chat-ft-phi3", "green", "chat-ft:7")
 
 
 def test_azure_endpoint_name_comes_from_the_azure_preset():
@@ -73,25 +81,29 @@ def test_azure_endpoint_name_comes_from_the_azure_preset():
     assert endpoint.configured("register_model", "model_name", "local") == "chat-ft"  # the component default
 
 
-def test_chat_with_the_workspace_endpoint_keeps_history_and_never_prints_the_key(scoring_url, monkeypatch, capsys):
-    client = live_client(scoring_url)
+def test_chat_with_the_workspace_endpoint_keeps_history_and_never_prints_the_key(
+    scoring_url, endpoint_sim, monkeypatch, capsys
+):
+    sim = live(endpoint_sim, scoring_url)
     monkeypatch.setattr("builtins.input", _typed("hello", "and then?", "/exit"))
-    assert endpoint.main(endpoint.parse_args(azure("chat")), ml_client=client) == 0
+    assert endpoint.main(endpoint.parse_args(azure("chat")), ml_client=sim.client()) == 0
     out, err = capsys.readouterr()
     assert f"Chatting with chat-ft-phi3 (Azure ML) at {scoring_url}" in out
     assert "bot> reply to 'hello' after 0 turns" in out
     assert "bot> reply to 'and then?' after 2 turns" in out  # the history went along
-    assert client.sequence()[:2] == ["online_endpoints.get", "online_endpoints.get_keys"]
+    # The scoring URI and the key come from the workspace (the SDK reads the endpoint, then listKeys); nothing changes.
+    assert sim.sequence()[0] == "GET {ws}/onlineEndpoints/chat-ft-phi3"
+    assert sim.sequence()[-1] == "POST {ws}/onlineEndpoints/chat-ft-phi3/listKeys"
+    assert {r.method for r in sim.requests[:-1]} == {"GET"}
     assert KEY not in out + err
 
 
-def test_ask_with_url_and_key_from_the_environment_needs_no_workspace(scoring_url, monkeypatch, capsys):
+def test_ask_with_url_and_key_from_the_environment_needs_no_workspace(scoring_url, endpoint_sim, monkeypatch, capsys):
     monkeypatch.setenv(endpoint.URL_ENV, scoring_url)
     monkeypatch.setenv(endpoint.KEY_ENV, KEY)
-    client = FakeMLClient()
-    assert endpoint.main(endpoint.parse_args(azure("ask", "Is it on?")), ml_client=client) == 0
+    assert endpoint.main(endpoint.parse_args(azure("ask", "Is it on?")), ml_client=endpoint_sim.client()) == 0
     assert capsys.readouterr().out == "reply to 'Is it on?' after 0 turns\n"
-    assert client.calls == []
+    assert endpoint_sim.requests == []
 
 
 def test_a_wrong_key_is_reported_without_the_key(scoring_url, monkeypatch, capsys):
@@ -104,39 +116,67 @@ def test_a_wrong_key_is_reported_without_the_key(scoring_url, monkeypatch, capsy
 
 
 @pytest.mark.parametrize(("name", "missing"), [("URL_ENV", "CHATFT_ENDPOINT_KEY"), ("KEY_ENV", "CHATFT_ENDPOINT_URL")])
-def test_half_of_url_and_key_is_an_error(monkeypatch, name, missing):
+def test_half_of_url_and_key_is_an_error(endpoint_sim, monkeypatch, name, missing):
     monkeypatch.setenv(getattr(endpoint, name), "x")
     with pytest.raises(endpoint.EndpointError, match=f"{missing} is not set: set both"):
-        endpoint.azure_connection("chat-ft-phi3", ml_client=FakeMLClient())
+        endpoint.azure_connection("chat-ft-phi3", ml_client=endpoint_sim.client())
+    assert endpoint_sim.requests == []
 
 
-def test_azure_status_lists_deployments_and_traffic(capsys):
-    client = live_client()
-    assert endpoint.main(endpoint.parse_args(azure("status")), ml_client=client) == 0
+def test_azure_status_lists_deployments_and_traffic(endpoint_sim, capsys):
+    sim = live(endpoint_sim)
+    assert endpoint.main(endpoint.parse_args(azure("status")), ml_client=sim.client()) == 0
     out = capsys.readouterr().out
-    assert "chat-ft-phi3: https://chat-ft-phi3.westeurope.inference.ml.azure.com/score  (Succeeded)" in out
+    assert "chat-ft-phi3: https://chat-ft-phi3.eastus2.inference.ml.azure.com/score  (Succeeded)" in out
     assert "green  100%  chat-ft:7  Succeeded" in out
 
 
-def test_azure_teardown_deletes_the_endpoint_and_keeps_the_model(capsys):
-    client = live_client()
-    assert endpoint.main(endpoint.parse_args(azure("teardown")), ml_client=client) == 0
-    assert client.sequence() == ["online_deployments.list", "online_endpoints.begin_delete"]
-    assert client.payloads("online_endpoints.begin_delete") == ["chat-ft-phi3"]
+def test_azure_teardown_deletes_the_endpoint_and_keeps_the_model(endpoint_sim, capsys):
+    sim = live(endpoint_sim)
+    assert endpoint.main(endpoint.parse_args(azure("teardown")), ml_client=sim.client()) == 0
+    assert [str(r) for r in sim.requests if r.method != "GET" or "/onlineEndpoints/" in r.path] == [
+        "GET {ws}/onlineEndpoints/chat-ft-phi3/deployments",  # which model the deployments serve
+        "DELETE {ws}/onlineEndpoints/chat-ft-phi3",
+    ]
+    assert sim.get("onlineEndpoints", "chat-ft-phi3") is None
+    assert sim.get("onlineEndpoints/chat-ft-phi3/deployments", "green") is None
     assert "the registered model stays" in capsys.readouterr().out
 
 
-def test_azure_teardown_with_delete_model_archives_every_version():
-    client = live_client()
-    client.model_versions["chat-ft"] = ["6", "7"]
-    assert endpoint.main(endpoint.parse_args(azure("teardown", "--delete-model")), ml_client=client) == 0
-    assert client.payloads("models.archive") == ["chat-ft:6", "chat-ft:7"]  # the model named by the deployment
-    assert client.endpoints == {} and client.deployments == {}
+def registered_model(version: str) -> dict:
+    """A model version's properties in the shape of the spec's ModelVersion/get.json example (an MLflow model)."""
+    return {
+        "description": "chat model",
+        "flavors": {"python_function": {"data": {"loader_module": "mlflow.pyfunc.model"}}},
+        "modelType": "mlflow_model",
+        "modelUri": f"azureml://jobs/job-{version}/outputs/artifacts/paths/model/",
+        "isArchived": False,
+        "isAnonymous": False,
+        "properties": {},
+        "tags": {},
+    }
 
 
-def test_stop_is_local_only():
+def test_azure_teardown_with_delete_model_archives_every_version(endpoint_sim):
+    sim = live(endpoint_sim)
+    for version in ("6", "7"):
+        sim.add("models", "chat-ft", version, registered_model(version))
+    assert endpoint.main(endpoint.parse_args(azure("teardown", "--delete-model")), ml_client=sim.client()) == 0
+    # The model named by the deployment: every version archived (azure-ai-ml has no hard delete for versions).
+    archived = {
+        body["name"] if "name" in body else r.path.rsplit("/", 1)[1]
+        for r in sim.sent("PUT", r"/models/chat-ft/versions/")
+        for body in [r.body]
+    }
+    assert archived == {"6", "7"}
+    assert all(body["properties"]["isArchived"] is True for body in sim.puts(r"/models/chat-ft/versions/"))
+    assert sim.get("onlineEndpoints", "chat-ft-phi3") is None
+
+
+def test_stop_is_local_only(endpoint_sim):
     with pytest.raises(endpoint.EndpointError, match="stop is local only"):
-        endpoint.main(endpoint.parse_args(azure("stop")), ml_client=FakeMLClient())
+        endpoint.main(endpoint.parse_args(azure("stop")), ml_client=endpoint_sim.client())
+    assert endpoint_sim.requests == []
 
 
 def test_no_local_endpoint_says_how_to_get_one(tmp_path):

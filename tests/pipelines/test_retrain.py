@@ -1,21 +1,33 @@
-"""Retraining on new data: the Azure decision (against the recording fake MLClient) and the local backend's reuse."""
+"""Retraining on new data: the Azure decision, against the simulation of the Azure ML REST API (a real MLClient over
+tests/helpers/azure_transport.py: a simulation, not Azure), and the local backend's reuse."""
 
 from __future__ import annotations
 
+import re
 import textwrap
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from pipelines import azure_backend, retrain
+from pipelines import retrain
+from pipelines.azure import cli, plan
 from pipelines.local_backend import LocalBackend
+from tests.helpers.azure_transport import AzureRestSimulation, Recorded, Reply, arm_error
 from tests.helpers.chat_data import make_conversations, write_jsonl
-from tests.helpers.fake_azure import FakeMLClient
 
 
-def run(args: list[str], client=None, tmp_path: Path | None = None) -> int:
+def run(args: list[str], sim=None, tmp_path: Path | None = None) -> int:
     extra = ["--output-root", str(tmp_path)] if tmp_path else []
-    return retrain.main(retrain.parse_args(args + extra), ml_client=client)
+    return retrain.main(retrain.parse_args(args + extra), ml_client=sim.client() if sim else None)
+
+
+def data_puts(sim) -> list[str]:
+    return [r.path.split("/data/", 1)[1] for r in sim.sent("PUT", r"^\{ws\}/data/")]
+
+
+def version_of(folder: Path) -> str:
+    return plan.data_fingerprint(folder)[0][: plan.VERSION_DIGITS]
 
 
 @pytest.fixture
@@ -24,52 +36,91 @@ def chats(tmp_path) -> Path:
     return tmp_path / "chats"
 
 
-def test_unchanged_data_does_nothing(chats, tmp_path, capsys):
-    fingerprint, _ = azure_backend.data_fingerprint(chats)
-    client = FakeMLClient()
-    client.data.add("chatft-chat-data", fingerprint[: azure_backend.VERSION_DIGITS])
-    assert run(["--data", str(chats)], client, tmp_path) == 0
-    assert client.sequence() == ["data.get"]
+def test_unchanged_data_does_nothing(azure_sim, chats, tmp_path, capsys):
+    assert run(["--data", str(chats), "--no-stream"], azure_sim, tmp_path) == 0  # a first retrain registers it
+    azure_sim.requests.clear()
+    assert run(["--data", str(chats)], azure_sim, tmp_path) == 0
+    assert azure_sim.sequence() == [f"GET {{ws}}/data/chatft-chat-data/versions/{version_of(chats)}"]
     out = capsys.readouterr().out
     assert "Data unchanged" in out and "nothing to do" in out
 
 
-def test_new_data_registers_its_version_and_submits(chats, tmp_path):
-    old, _ = azure_backend.data_fingerprint(chats)
-    client = FakeMLClient()
-    client.data.add("chatft-chat-data", old[: azure_backend.VERSION_DIGITS])
+def test_new_data_registers_its_version_and_submits(azure_sim, chats, tmp_path):
+    assert run(["--data", str(chats), "--no-stream"], azure_sim, tmp_path) == 0
+    old = version_of(chats)
     write_jsonl(chats / "new.jsonl", make_conversations(3, seed=7))
-    new, _ = azure_backend.data_fingerprint(chats)
+    new = version_of(chats)
 
-    assert run(["--data", str(chats), "--no-stream"], client, tmp_path) == 0
-    version = new[: azure_backend.VERSION_DIGITS]
-    assert f"data.create_or_update(chatft-chat-data:{version})" in client.creations()
-    assert client.sequence()[-1] == "jobs.create_or_update"
-    (job,) = client.submitted
-    assert job.inputs.raw_data.path == f"azureml:chatft-chat-data:{version}"
-
-
-def test_force_submits_unchanged_data_without_registering_it_again(chats, tmp_path):
-    fingerprint, _ = azure_backend.data_fingerprint(chats)
-    client = FakeMLClient()
-    client.data.add("chatft-chat-data", fingerprint[: azure_backend.VERSION_DIGITS])
-    assert run(["--data", str(chats), "--force", "--no-stream"], client, tmp_path) == 0
-    assert not [c for c in client.creations() if c.startswith("data.")]
-    assert "jobs.create_or_update" in client.sequence()
+    assert run(["--data", str(chats), "--no-stream"], azure_sim, tmp_path) == 0
+    assert data_puts(azure_sim) == [f"chatft-chat-data/versions/{old}", f"chatft-chat-data/versions/{new}"]
+    last_job = azure_sim.sent("PUT", r"/jobs/")[-1]
+    assert azure_sim.requests[-1] is last_job, "submitted last, without following the run"
+    raw_data = last_job.body["properties"]["inputs"]["raw_data"]
+    assert raw_data["uri"].endswith(f"/data/chatft-chat-data/versions/{new}")
 
 
-def test_dry_run_prints_the_decision_input_offline(chats, capsys):
-    client = FakeMLClient()
-    assert run(["--data", str(chats), "--dry-run"], client) == 0
-    assert client.calls == []
-    fingerprint, _ = azure_backend.data_fingerprint(chats)
-    assert f"chatft-chat-data:{fingerprint[: azure_backend.VERSION_DIGITS]}" in capsys.readouterr().out
+def test_force_submits_unchanged_data_without_registering_it_again(azure_sim, chats, tmp_path):
+    assert run(["--data", str(chats), "--no-stream"], azure_sim, tmp_path) == 0
+    azure_sim.requests.clear()
+    assert run(["--data", str(chats), "--force", "--no-stream"], azure_sim, tmp_path) == 0
+    assert data_puts(azure_sim) == []
+    assert len(azure_sim.sent("PUT", r"/jobs/")) == 1
 
 
-def test_a_hugging_face_preset_has_no_local_data_to_decide_on(capsys):
-    client = FakeMLClient()
-    assert run([], client) == azure_backend.EXIT_INVALID
-    assert client.calls == []
+class LosesTheDataRace(AzureRestSimulation):
+    """Another run registers the data version between our lookup (404) and our PUT, which the service then refuses.
+
+    The refusal's shape is an assumption (no published example covers a version PUT that races another): ARM's error
+    body with 409 Conflict. What the code relies on is only that the SDK raises and the version then exists.
+    """
+
+    def __init__(self, their_fingerprint: str | None = None):
+        super().__init__()
+        self.their_fingerprint = their_fingerprint  # None: the other run registered the same data
+
+    def _put(self, record: Recorded, match: re.Match) -> Reply:
+        if match["kind"] != "data" or self.get("data", match["name"], match["v"]) is not None:
+            return super()._put(record, match)
+        theirs = {**record.body, "properties": {**record.body["properties"]}}
+        if self.their_fingerprint:
+            tags = {**theirs["properties"]["tags"], plan.FINGERPRINT_TAG: self.their_fingerprint}
+            theirs["properties"]["tags"] = tags
+        self._store(urllib.parse.urlsplit(record.url).path, "data", theirs)
+        return arm_error(409, "UserError", f"Conflict: version {match['v']} of data {match['name']} already exists.")
+
+
+@pytest.fixture
+def racing(monkeypatch, request):
+    sim = LosesTheDataRace(getattr(request, "param", None))
+    sim.route_storage(monkeypatch)
+    yield sim
+    assert not sim.unexpected, [str(r) for r in sim.unexpected]
+
+
+def test_a_version_registered_meanwhile_with_the_same_data_is_tolerated(racing, chats, tmp_path, capsys):
+    assert run(["--data", str(chats), "--no-stream"], racing, tmp_path) == 0
+    assert [r.status for r in racing.sent("PUT", r"/data/")] == [409]
+    assert len(racing.sent("PUT", r"/jobs/")) == 1, "the pipeline is still submitted, once"
+    assert "registered meanwhile by another run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("racing", ["f" * 64], indirect=True)
+def test_a_version_taken_by_other_data_is_a_clear_error(racing, chats, tmp_path, capsys):
+    assert run(["--data", str(chats), "--no-stream"], racing, tmp_path) == cli.EXIT_INVALID
+    assert not racing.sent("PUT", r"/jobs/")
+    err = capsys.readouterr().err
+    assert "already exists with data fingerprint ffff" in err and "data_asset_name" in err
+
+
+def test_dry_run_prints_the_decision_input_offline(azure_sim, chats, capsys):
+    assert run(["--data", str(chats), "--dry-run"], azure_sim) == 0
+    assert azure_sim.requests == []
+    assert f"chatft-chat-data:{version_of(chats)}" in capsys.readouterr().out
+
+
+def test_a_hugging_face_preset_has_no_local_data_to_decide_on(azure_sim, capsys):
+    assert run([], azure_sim) == cli.EXIT_INVALID
+    assert azure_sim.requests == []
     assert "pass --data PATH" in capsys.readouterr().err
 
 

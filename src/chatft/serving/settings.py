@@ -36,7 +36,8 @@ def load_serving_settings(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of settings")
-    unknown = sorted(set(raw) - set(SERVING_KEYS) - {"_notes"})
+    # "probes": Azure's health probes, read and checked by deploy_endpoint.py (the server never uses them).
+    unknown = sorted(set(raw) - set(SERVING_KEYS) - {"_notes", "probes"})
     missing = sorted(set(SERVING_KEYS) - set(raw))
     if unknown or missing:
         raise ValueError(f"{path}: unknown key(s) {unknown or '-'}, missing key(s) {missing or '-'}")
