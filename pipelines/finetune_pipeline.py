@@ -17,16 +17,20 @@ COMPONENT_NAMES = (
     "prep_data",
     "validate_chat_jsonl",
     "finetune",
+    "score_base",
     "evaluate",
     "register_model",
     "deploy_endpoint",
 )
+# score_base measures the base model as evaluate measures the tuned one: these come from evaluate's settings.
+SCORING_SETTINGS = ("max_seq_length", "num_generation_samples", "max_new_tokens", "batch_size")
 # Inputs the pipeline wires itself; a preset may not set them.
 WIRED_INPUTS = {
     "prep_data": {"raw_data"},
     "validate_chat_jsonl": {"input_data", "reference_data", "base_model", "max_seq_length"},
     "finetune": {"base_model", "train_data", "validation_data"},
-    "evaluate": {"base_model", "tuned_model", "validation_data", "model_name"},
+    "score_base": {"base_model", "validation_data", *SCORING_SETTINGS},
+    "evaluate": {"base_model", "tuned_model", "validation_data", "base_score", "model_name"},
     "register_model": {"tuned_model", "eval_report", "quality_gate", "split_info", "base_model_name"},
     "deploy_endpoint": {"model_info", "instance_type", "instance_count"},
 }
@@ -117,6 +121,7 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None, co
     validate_chat_jsonl = components["validate_chat_jsonl"]
     finetune = components["finetune"]
     evaluate = components["evaluate"]
+    score_base = components["score_base"]
     register_model = components["register_model"]
     deploy_endpoint = components["deploy_endpoint"]
 
@@ -124,11 +129,12 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None, co
     model_name = settings.step("register_model").get("model_name", register_model.inputs["model_name"].default)
     # Token counts and too_long warnings use the base model's tokenizer and the length training truncates to.
     max_seq_length = settings.step("finetune").get("max_seq_length", finetune.inputs["max_seq_length"].default)
+    scoring = {k: settings.step("evaluate").get(k, evaluate.inputs[k].default) for k in SCORING_SETTINGS}
 
     @dsl.pipeline(
         name="chat_finetune",
         display_name=f"Fine-tune {settings.base_model_name}",
-        description="prep → validate → fine-tune → evaluate → register → deploy",
+        description="prep → validate → fine-tune (and score the base) → evaluate → register → deploy",
         default_compute=cpu,
     )
     def chat_finetune(base_model, raw_data=None):
@@ -150,12 +156,16 @@ def build_pipeline(settings: RunSettings, base_model_path: str | None = None, co
             **settings.step("finetune"),
         )
         place_finetune(tuned, settings, compute)  # the GPU cluster, or the preset's multi-GPU placement
+        # The base model's scores depend on nothing training does: a step of their own is reused across runs.
+        base_scores = score_base(base_model=base_model, validation_data=valid_validation.outputs.valid_data, **scoring)
+        base_scores.compute = gpu
         evaluation = evaluate(
             base_model=base_model,
             tuned_model=tuned.outputs.merged_model,
             validation_data=valid_validation.outputs.valid_data,
+            base_score=base_scores.outputs.base_score,
             model_name=model_name,
-            **settings.step("evaluate"),
+            **settings.step("evaluate") | scoring,  # the same scoring settings as score_base's, spelled out
         )
         evaluation.compute = gpu
         registered = register_model(

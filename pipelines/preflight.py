@@ -42,7 +42,7 @@ ENDPOINT_UPGRADE_RESERVE = 0.2
 # one until traffic moves, so a redeployment needs quota for two deployments at once.
 ROLLOUT_SLOTS = 2
 HOURS_PER_MONTH = 730
-GPU_STEPS = ("finetune", "evaluate")
+GPU_STEPS = ("finetune", "score_base", "evaluate")
 
 
 class PreflightError(ValueError):

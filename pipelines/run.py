@@ -60,6 +60,18 @@ def prepare_base_model(settings: RunSettings, output_root: Path) -> str:
     return str(target)
 
 
+def time_table(result) -> str:
+    """Where the time went: each step's seconds and share of the run (reused steps cost nothing but a lookup)."""
+    total = max(result.seconds, 1e-9)
+    lines = ["Where the time went:"]
+    for step in sorted(result.steps, key=lambda s: s.seconds, reverse=True):
+        how = "reused" if step.status == "reused" else f"{step.seconds:7.1f} s  {step.seconds / total:4.0%}"
+        lines.append(f"  {step.name:<22} {how}")
+    overhead = result.seconds - sum(s.seconds for s in result.steps)
+    lines.append(f"  {'(backend overhead)':<22} {overhead:7.1f} s  {overhead / total:4.0%}")
+    return "\n".join(lines)
+
+
 def run_local(args: argparse.Namespace, settings: RunSettings) -> int:
     from pipelines.finetune_pipeline import build_pipeline
     from pipelines.local_backend import LocalBackend, LocalRunError
@@ -86,6 +98,7 @@ def run_local(args: argparse.Namespace, settings: RunSettings) -> int:
         print("\nEvaluation on the validation chats:\n")
         print(textwrap.indent((summary / "summary.md").read_text(encoding="utf-8").rstrip(), "  "))
     print(f"\nPipeline finished in {result.seconds:.1f} s ({reused}/{len(result.steps)} steps reused)")
+    print(time_table(result))
     for name, path in result.outputs.items():
         print(f"  {name:<14} {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
     endpoint_file = result.outputs.get("endpoint_info")

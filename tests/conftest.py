@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from typing import NamedTuple
 
@@ -21,6 +22,18 @@ _AZURE_CREDENTIAL_VARS = [
     "ACTIONS_ID_TOKEN_REQUEST_URL",
     "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
 ]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, give each worker its share of the cores: N workers each starting a thread per core
+    would oversubscribe them (torch's OpenMP threads spin while waiting). Component scripts the tests start
+    inherit the setting."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = str(max(1, cores // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
 
 
 def _is_loopback(address) -> bool:

@@ -76,20 +76,33 @@ def _encode(tokenizer, chats: list[list[dict]], max_seq_length: int) -> list[tup
     return encoded
 
 
-def _score(model, encoded: list[tuple[list[int], list[int]]]) -> dict:
-    """Token-weighted loss, perplexity and top-1 accuracy over the assistant tokens of every chat."""
+def _score(model, encoded: list[tuple[list[int], list[int]]], batch_size: int = 8) -> dict:
+    """Token-weighted loss, perplexity and top-1 accuracy over the assistant tokens of every chat.
+
+    Chats go through in batches of similar length (sorted, right-padded: a causal model's real positions never
+    see the padding after them), and the LM head projects only the assistant positions, the way finetune's CPU
+    step does: on SmolLM2 its 49k-word head is a large part of the work, and most positions carry no score.
+    """
     import torch
 
     nll, correct, count = 0.0, 0, 0
+    order = sorted((i for i, (_, mask) in enumerate(encoded) if any(mask[1:])), key=lambda i: len(encoded[i][0]))
+    body, head = model.base_model, model.get_output_embeddings()
     with torch.inference_mode():
-        # One chat per forward pass: no padding, and memory stays at one sequence's logits.
-        for ids, mask in encoded:
-            input_ids = torch.tensor([ids], device=model.device)
-            targets = torch.tensor(mask[1:], dtype=torch.bool, device=model.device)
-            if not targets.any():
-                continue
-            logits = model(input_ids=input_ids).logits[0, :-1][targets].float()
-            labels = input_ids[0, 1:][targets]
+        for start in range(0, len(order), batch_size):
+            rows = [encoded[i] for i in order[start : start + batch_size]]
+            width = max(len(ids) for ids, _ in rows)
+            input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            targets = torch.zeros((len(rows), width - 1), dtype=torch.bool)
+            for row, (ids, mask) in enumerate(rows):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+                targets[row, : len(ids) - 1] = torch.tensor(mask[1:], dtype=torch.bool)
+            input_ids, attention, targets = (t.to(model.device) for t in (input_ids, attention, targets))
+            hidden = body(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+            logits = head(hidden[:, :-1][targets]).float()
+            labels = input_ids[:, 1:][targets]
             nll += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
             count += int(targets.sum())
@@ -112,45 +125,92 @@ def _samples(chats: list[list[dict]], n: int) -> list[dict]:
     return samples
 
 
-def _generate(model, tokenizer, samples: list[dict], max_new_tokens: int) -> list[str]:
+def _generate(model, tokenizer, samples: list[dict], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy answers, ``batch_size`` prompts per left-padded generate() call, each row stopping at its own end
+    of turn (the same stop ids as the endpoint's score.py)."""
     import torch
 
     from chatft.model_source import stop_token_ids
 
-    stop = stop_token_ids(tokenizer, model)  # the same stop ids as the endpoint's score.py
+    stop = stop_token_ids(tokenizer, model)
     answers = []
     with torch.inference_mode():
-        for sample in samples:
-            inputs = tokenizer.apply_chat_template(
-                sample["prompt"], add_generation_prompt=True, return_tensors="pt", return_dict=True
-            ).to(model.device)
+        for start in range(0, len(samples), batch_size):
+            prompts = [
+                tokenizer.apply_chat_template(s["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"]
+                for s in samples[start : start + batch_size]
+            ]
+            width = max(len(ids) for ids in prompts)
+            # Left padding: every row's next token lands in the same column; the mask hides the padding.
+            input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(prompts), width), dtype=torch.long)
+            for row, ids in enumerate(prompts):
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
             output = model.generate(
-                **inputs,
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention.to(model.device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 eos_token_id=stop,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            new_tokens = output[0, inputs["input_ids"].shape[1] :]
-            answers.append(tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
+            for row in output[:, width:].tolist():
+                # A row that stopped early is filled with padding: cut at its first stop token.
+                end = next((i for i, token in enumerate(row) if token in stop), len(row))
+                answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
     return answers
 
 
-def _evaluate_model(path: str, tokenizer, encoded, samples, args, safety=None, safety_out=None) -> tuple[dict, list]:
-    import torch
-
+def _load_model(path: str):
+    from chatft.devices import inference_dtype, pick_device
     from chatft.model_source import load_causal_lm
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    # fp32 on CPU (half precision is slow there); the checkpoint's own dtype on a GPU.
-    model = load_causal_lm(path, dtype="auto" if device == "cuda" else "fp32").to(device).eval()
-    metrics = _score(model, encoded)
-    answers = _generate(model, tokenizer, samples, args.max_new_tokens)
-    if safety is not None:  # refusal_rate, over_refusal_rate (chatft/safety_eval.py); the answers go to the report
-        rates, answered = safety_eval.measure(model, tokenizer, safety, args.safety_max_new_tokens)
-        metrics.update(rates)
-        safety_out.extend(answered)
+    device = pick_device()  # the one device policy (chatft/devices.py), as finetune and the endpoint use it
+    return load_causal_lm(path, dtype=inference_dtype(device)).to(device).eval()
+
+
+def _evaluate_model(path: str, tokenizer, encoded, samples, args, safety=None, safety_out=None) -> tuple[dict, list]:
+    model = _load_model(path)
+    metrics = _score(model, encoded, args.batch_size)
+    answers = _generate(model, tokenizer, samples, args.max_new_tokens, args.batch_size)
+    if safety is not None:
+        metrics.update(_measure_safety(model, tokenizer, safety, args, safety_out))
     return metrics, answers
+
+
+def _measure_safety(model, tokenizer, safety, args, safety_out: list) -> dict:
+    """refusal_rate, over_refusal_rate (chatft/safety_eval.py); the answers go to the report."""
+    rates, answered = safety_eval.measure(model, tokenizer, safety, args.safety_max_new_tokens)
+    safety_out.extend(answered)
+    return rates
+
+
+def scoring_digest(encoded, samples, args) -> str:
+    """What a base score depends on besides the model: the scored tokens, the prompts and the generation length.
+    score_base records it; evaluate refuses a base score whose digest is not its own."""
+    import hashlib
+
+    material = {
+        "encoded": encoded,
+        "prompts": [s["prompt"] for s in samples],
+        "max_new_tokens": args.max_new_tokens,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def load_base_score(folder: str, digest: str) -> tuple[dict, list[str]]:
+    """The base model's metrics and answers from score_base's output, if it scored exactly what evaluate would."""
+    path = Path(folder) / "base_score.json"
+    if not path.is_file():
+        raise EvalError(f"base_score: {path} not found (the base_score output of the score_base step)")
+    score = json.loads(path.read_text(encoding="utf-8"))
+    if score.get("digest") != digest:
+        raise EvalError(
+            f"base_score: {path} was computed on other validation chats, max_seq_length or generation settings "
+            "than this evaluation's; run score_base with the same inputs (the pipeline passes evaluate's)"
+        )
+    return score["metrics"], score["answers"]
 
 
 def _change(base: float, tuned: float, kind: str) -> str:
@@ -360,10 +420,20 @@ def main(args: argparse.Namespace) -> dict:
     safety_answers: dict[str, list] = {}
     metrics = {}
     for name, path in (("base", args.base_model), ("tuned", args.tuned_model)):
-        print(f"evaluate: scoring the {name} model ({path})", flush=True)
-        metrics[name], answers = _evaluate_model(
-            path, tokenizer, encoded, samples, args, safety, safety_answers.setdefault(name, [])
-        )
+        if name == "base" and args.base_score:
+            # A pure function of the base model and the validation data: the score_base step computed it (and the
+            # local backend reuses it across runs that change only training). The safety set is not in that score:
+            # it is measured here.
+            print(f"evaluate: the base model's scores from {args.base_score}", flush=True)
+            metrics[name], answers = load_base_score(args.base_score, scoring_digest(encoded, samples, args))
+            if safety is not None:
+                rates = _measure_safety(_load_model(path), tokenizer, safety, args, safety_answers.setdefault(name, []))
+                metrics[name] = {**metrics[name], **rates}
+        else:
+            print(f"evaluate: scoring the {name} model ({path})", flush=True)
+            metrics[name], answers = _evaluate_model(
+                path, tokenizer, encoded, samples, args, safety, safety_answers.setdefault(name, [])
+            )
         for sample, answer in zip(samples, answers, strict=True):
             sample[name] = {"answer": answer, "rougeL": scorer.score(sample["reference"], answer)["rougeL"].fmeasure}
         metrics[name]["rougeL"] = sum(s[name]["rougeL"] for s in samples) / len(samples) if samples else None

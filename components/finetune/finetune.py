@@ -37,32 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return spec_arg_parser(SPEC).parse_args(argv)
 
 
-def cpu_multiplies_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16); Linux's /proc/cpuinfo tells."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
-
-
 def _resolve_precision(requested: str, device: str) -> str:
-    import torch
+    """The precision policy of chatft.devices (one place for finetune, evaluate and serving)."""
+    from chatft.devices import PrecisionError, training_precision
 
-    if device == "cpu":
-        if requested == "fp16":
-            raise ConfigError("precision=fp16 needs a CUDA GPU; use fp32 (or auto) on CPU")
-        if requested != "auto":
-            return requested
-        # With bf16 instructions a bf16-autocast step ran ~1.4× faster than fp32 on a 2-core AMD EPYC (Zen 4);
-        # without them bf16 is emulated and slower (~0.6× on a CPU without, PLATFORM_NOTES).
-        return "bf16" if cpu_multiplies_bf16() else "fp32"
-    bf16_ok = torch.cuda.is_bf16_supported()
-    if requested == "bf16" and not bf16_ok:
-        raise ConfigError("precision=bf16: this GPU does not support bfloat16; use fp16 or auto")
-    if requested == "auto":
-        return "bf16" if bf16_ok else "fp16"
-    return requested
+    try:
+        return training_precision(requested, device)
+    except PrecisionError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_qlora(device: str) -> None:
@@ -272,19 +254,20 @@ def _trainer_class():
 
 def build_trainer(args: argparse.Namespace):
     """Tokenizer, model, PEFT config and data wired into an SFTTrainer, ready to train (nothing trained yet)."""
-    import torch
     from trl import SFTConfig
 
+    from chatft.devices import pick_device
     from chatft.model_source import load_tokenizer, training_chat_template
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()
     precision = _resolve_precision(args.precision, device)
     if args.method == "qlora":
         _check_qlora(device)
 
     # Cheap checks first: data, then the tokenizer, before the model is loaded.
     train_data = _load_chats(args.train_data, "train_data")
-    validation_data = _load_chats(args.validation_data, "validation_data")
+    # eval_steps -1: no validation loss at all (the evaluate step scores the tuned model on the same chats anyway).
+    validation_data = _load_chats(args.validation_data, "validation_data") if args.eval_steps >= 0 else None
     tokenizer = load_tokenizer(args.base_model)
     if args.assistant_only_loss:
         # Renders the same text as the stock template, with {% generation %} around the assistant's tokens
@@ -433,6 +416,46 @@ def _step_logger(stats: _BatchStats):
     return StepLogger()
 
 
+def _progress(warmup_steps: int = 2):
+    """A callback printing, on the main process, the training time to expect once ``warmup_steps`` optimizer
+    steps have been measured on this machine, then one line per step with the time left.
+
+    The pace is the median step after the first (which carries one-time costs: thread pools, first allocations).
+    """
+    import statistics
+
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step, self.times, self.clock = state.global_step, [], time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            self.times.append(now - self.clock)
+            self.clock = now
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or "loss" not in (logs or {}) or not self.times:
+                return
+            done, left = state.global_step - self.first_step, state.max_steps - state.global_step
+            pace = statistics.median(self.times[1:] or self.times)
+            print(
+                f"finetune: step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+                f"{self.times[-1]:.1f} s  about {left * pace:.0f} s left",
+                flush=True,
+            )
+            if done == min(warmup_steps, state.max_steps - self.first_step):
+                print(
+                    f"finetune: estimate from {done} measured step(s) on this machine: {pace:.1f} s per optimizer "
+                    f"step, about {left * pace:.0f} s for the {left} left ({sum(self.times) + left * pace:.0f} s "
+                    "of training in all)",
+                    flush=True,
+                )
+
+    return Progress()
+
+
 def _merge(args: argparse.Namespace, trainer):
     """The standalone model to ship, at the base checkpoint's own precision (whatever precision trained it): the
     adapter saved in --adapter merged into a fresh, unquantized base, or the fully fine-tuned weights.
@@ -511,6 +534,7 @@ def main(args: argparse.Namespace) -> dict:
     trainer.data_collator = stats
     step_logger = _step_logger(stats)
     trainer.add_callback(step_logger)
+    trainer.add_callback(_progress())
     resume_from = last_complete_checkpoint(args.checkpoints, main_process) if Path(args.checkpoints).is_dir() else None
     resumed_step = int(CHECKPOINT.match(resume_from.name).group(1)) if resume_from else 0
     if resume_from and main_process:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -306,7 +307,9 @@ def test_auto_precision_follows_the_hardware_and_bf16_trains_on_a_cpu(tiny_llama
 
     if torch.cuda.is_available():
         pytest.skip("this test is about CPUs")
-    native = finetune.cpu_multiplies_bf16()
+    from chatft.devices import cpu_multiplies_bf16
+
+    native = cpu_multiplies_bf16()
     assert finetune._resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
     assert finetune._resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(finetune.ConfigError, match="precision=fp16 needs a CUDA GPU"):
@@ -318,6 +321,24 @@ def test_auto_precision_follows_the_hardware_and_bf16_trains_on_a_cpu(tiny_llama
     # Merged into the base at the checkpoint's own precision, not rounded to the training one.
     merged = json.loads((tmp_path / "merged_model" / "config.json").read_text())
     assert merged["dtype"] == json.loads((tiny_llama_dir / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_it_estimates_the_training_time_after_a_short_warm_up_and_reports_each_step(
+    tiny_llama_dir, chats, tmp_path, capsys
+):
+    flags = run_args(tiny_llama_dir, chats, tmp_path, validation=False, max_steps=4, eval_steps=0)
+    finetune.main(finetune.parse_args(flags))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("finetune: ")]
+    estimate = [i for i, line in enumerate(lines) if "estimate from 2 measured step(s) on this machine" in line]
+    steps = [i for i, line in enumerate(lines) if re.match(r"finetune: step \d/4  loss \d", line)]
+    assert len(estimate) == 1 and len(steps) == 4
+    assert steps[1] < estimate[0] < steps[2]  # after two steps, before the other two
+    assert "for the 2 left" in lines[estimate[0]] and lines[steps[-1]].endswith("about 0 s left")
+
+
+def test_eval_steps_minus_one_never_computes_a_validation_loss(tiny_llama_dir, chats, tmp_path):
+    metrics = finetune.main(finetune.parse_args(run_args(tiny_llama_dir, chats, tmp_path, max_steps=1, eval_steps=-1)))
+    assert metrics["global_step"] == 1 and metrics["eval_loss_start"] is None and metrics["eval_loss_end"] is None
 
 
 def test_without_packing_batches_are_padded_and_the_padding_is_measured(tiny_llama_dir, chats, tmp_path):

@@ -51,6 +51,7 @@ def test_steps_are_wired_output_to_input(local_job):
         "valid_train",
         "valid_validation",
         "tuned",
+        "base_scores",
         "evaluation",
         "registered",
         "endpoint_deployment",
@@ -62,6 +63,10 @@ def test_steps_are_wired_output_to_input(local_job):
     assert binding(jobs["tuned"], "base_model") == ("parent", "base_model")
     assert binding(jobs["evaluation"], "tuned_model") == ("tuned", "merged_model")
     assert binding(jobs["evaluation"], "validation_data") == ("valid_validation", "valid_data")
+    # The base model's half of the evaluation is its own step, fed only by the base model and the validation data.
+    assert binding(jobs["base_scores"], "base_model") == ("parent", "base_model")
+    assert binding(jobs["base_scores"], "validation_data") == ("valid_validation", "valid_data")
+    assert binding(jobs["evaluation"], "base_score") == ("base_scores", "base_score")
     assert binding(jobs["registered"], "quality_gate") == ("evaluation", "quality_gate")
     assert binding(jobs["registered"], "split_info") == ("splits", "split_info")
     assert binding(jobs["endpoint_deployment"], "model_info") == ("registered", "model_info")
@@ -82,6 +87,19 @@ def test_preset_values_reach_the_nodes(local_job):
     preset = load_settings(LOCAL).step("finetune")
     for name, value in preset.items():
         assert binding(local_job.jobs["tuned"], name) == value
+
+
+def test_score_base_measures_with_evaluates_settings_which_have_one_home(local_job, tmp_path):
+    """max_seq_length & co. are set once, on evaluate; score_base gets those values, a preset cannot split them."""
+    from pipelines.finetune_pipeline import SCORING_SETTINGS
+
+    evaluate_preset = load_settings(LOCAL).step("evaluate")
+    evaluate_spec = load_components()["evaluate"]
+    for name in SCORING_SETTINGS:
+        expected = evaluate_preset.get(name, evaluate_spec.inputs[name].default)
+        assert binding(local_job.jobs["base_scores"], name) == binding(local_job.jobs["evaluation"], name) == expected
+    with pytest.raises(SettingsError, match="steps.score_base.max_new_tokens is not a settable input"):
+        build_pipeline(load_settings(LOCAL, ["score_base.max_new_tokens=8"]), base_model_path=str(tmp_path))
 
 
 def test_azure_preset_builds_with_registry_model_and_hf_dataset():

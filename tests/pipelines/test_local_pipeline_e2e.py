@@ -1,4 +1,4 @@
-"""The real pipeline, all seven steps, on a tiny model and 40 chats: run, serve, answer, then reuse.
+"""The real pipeline, all eight steps, on a tiny model and 40 chats: run, serve, answer, then reuse.
 
 This is `make run` in miniature: the same component specs, pipeline definition and local backend,
 with a tiny random Llama instead of SmolLM2 and a few optimizer steps instead of an epoch.
@@ -69,7 +69,7 @@ def test_every_step_completes_and_mlflow_holds_the_registered_model(pipeline_run
     from mlflow.tracking import MlflowClient
 
     root, first, _, _ = pipeline_run
-    assert [s.status for s in first.steps] == ["completed"] * 7
+    assert [s.status for s in first.steps] == ["completed"] * 8
     info = json.loads((first.outputs["model_info"] / "model_info.json").read_text())
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     version = client.get_model_version(info["name"], str(info["version"]))

@@ -164,7 +164,7 @@ def test_cost_is_tokens_over_throughput_times_price_plus_overheads(settings, tmp
     report = preflight.run_preflight(settings, options=SubmitOptions(tokens=7_200_000, pricing=path))
     cost = {line.item: line.usd for line in report.cost}
     idle = 120 / 3600  # compute.json: both clusters scale down after 120 s idle
-    gpu_hours = 7_200_000 / 1000 / 3600 + 2 * 6 / 60 + idle  # 2 h training + finetune and evaluate overhead
+    gpu_hours = 7_200_000 / 1000 / 3600 + 3 * 6 / 60 + idle  # 2 h training + finetune, score_base, evaluate
     cpu_hours = 5 * 12 / 60 + idle
     assert cost["GPU node time"] == pytest.approx(gpu_hours * 4.0)
     assert cost["CPU node time"] == pytest.approx(cpu_hours * 0.2)

@@ -163,18 +163,15 @@ class ChatGenerator:
     """A chat model and its tokenizer, loaded once; ``encode`` + ``generate`` answer a batch, ``reply`` one chat."""
 
     def __init__(self, model_path: str | os.PathLike, max_time_s: float | None = None):
-        import torch
-
+        from chatft.devices import inference_dtype, pick_device
         from chatft.model_source import find_model_dir, load_causal_lm, load_tokenizer, stop_token_ids
 
         started = time.perf_counter()
         self.model_dir = find_model_dir(model_path)
         self.max_time_s = max_time_s
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        # fp32 on CPU (bf16 is slower there without AMX); on GPU bf16 where the hardware has it (A100, H100), else
-        # fp16 (the endpoint's T4): torch counts emulated bf16 as supported unless told not to, and emulated is slow.
-        native_bf16 = self.device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-        dtype = "fp32" if self.device == "cpu" else "bf16" if native_bf16 else "fp16"
+        # The one device policy (chatft/devices.py): CUDA, MPS or CPU, and the dtype each serves in.
+        self.device = pick_device()
+        dtype = inference_dtype(self.device)
         self.tokenizer = load_tokenizer(self.model_dir)
         # Fast tokenizers raise "Already borrowed" when two threads use one at once; request threads encode.
         self._tokenizer_lock = threading.Lock()
