@@ -15,6 +15,9 @@ cp "$ROOT"/infra/retrain_function/{function_app.py,retrain_handler.py,host.json,
 # versions the registered components), the environments, the shared package and the infra JSON it reads.
 cp -r "$ROOT/pipelines" "$ROOT/components" "$ROOT/environments" "$TARGET/"
 cp -r "$ROOT/src/chatft" "$TARGET/src/"
+# evaluate's additional_includes name the shipped safety set: without it the component (and its version) differs.
+mkdir -p "$TARGET/data"
+cp -r "$ROOT/data/safety" "$TARGET/data/"
 cp "$ROOT/infra/compute.json" "$ROOT/infra/pricing.json" "$TARGET/infra/"
 find "$TARGET" -name __pycache__ -type d -prune -exec rm -rf {} +
 echo "Staged the retraining function in $TARGET"
