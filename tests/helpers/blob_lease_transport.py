@@ -16,7 +16,9 @@ import threading
 import uuid
 from urllib.parse import parse_qs, urlparse
 
-from azure.core.pipeline.transport import HttpResponse, HttpTransport
+from azure.core.pipeline.transport import HttpResponse
+
+from tests.helpers.offline_transport import InProcessTransport
 
 _DATE = "Tue, 01 Dec 2026 21:00:00 GMT"
 _MESSAGES = {
@@ -37,24 +39,12 @@ class _Response(HttpResponse):
         return self._body
 
 
-class BlobLeaseTransport(HttpTransport):
+class BlobLeaseTransport(InProcessTransport):
     def __init__(self):
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, lease action)
         self.blobs: set[str] = set()
         self.leases: dict[str, str] = {}  # blob path -> lease id
         self._guard = threading.Lock()
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
 
     def send(self, request, **kwargs):
         url = urlparse(request.url)

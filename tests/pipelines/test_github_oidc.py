@@ -16,9 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from azure.core.pipeline.transport import HttpResponse, HttpTransport
+from azure.core.pipeline.transport import HttpResponse
 
 from pipelines import github_oidc
+from tests.helpers.offline_transport import InProcessTransport
 
 TENANT, CLIENT = "00000000-0000-0000-0000-0000000000aa", "00000000-0000-0000-0000-0000000000bb"
 REQUEST_TOKEN = "runtime-request-token"
@@ -73,23 +74,11 @@ class _Json(HttpResponse):
         return self._body
 
 
-class EntraTransport(HttpTransport):
+class EntraTransport(InProcessTransport):
     """Entra ID's v2.0 token endpoint; access tokens live ``lifetime`` seconds. Anything else fails the test."""
 
     def __init__(self, lifetime: int):
         self.lifetime, self.assertions = lifetime, []
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
 
     def send(self, request, **kwargs):
         assert (
