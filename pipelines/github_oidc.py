@@ -20,12 +20,14 @@ import urllib.request
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
+from chatft.errors import ChatftError
+
 AUDIENCE = "api://AzureADTokenExchange"  # what an Entra federated credential accepts by default
 REQUEST_URL, REQUEST_TOKEN = "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
 IDENTITY = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID")
 
 
-class GitHubTokenError(RuntimeError):
+class GitHubTokenError(ChatftError, RuntimeError):
     """The job's token endpoint gave no ID token; the message says what to check."""
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatft.errors import ChatftError
 from pipelines import sdk_private
 
 _INPUT_REF = re.compile(r"\$\{\{\s*inputs\.(\w+)\s*\}\}")
@@ -39,7 +40,7 @@ _PATH_TYPES = ("uri_folder", "uri_file", "custom_model", "mlflow_model")
 _CACHE_FORMAT = 1  # bump to invalidate every cached step when the key recipe changes
 
 
-class LocalRunError(RuntimeError):
+class LocalRunError(ChatftError, RuntimeError):
     """A step failed or a pipeline cannot run locally; the message names the step and the log."""
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatft.errors import UsageError
 from pipelines.azure.cli import EXIT_INVALID, EXIT_PREFLIGHT, SubmitOptions, azure_parser, settings_or_exit
 from pipelines.azure.client import connect
 from pipelines.azure.plan import local_data_path, prep_data_module, with_local_data
@@ -45,7 +46,7 @@ HOURS_PER_MONTH = 730
 GPU_STEPS = ("finetune", "score_base", "evaluate")
 
 
-class PreflightError(ValueError):
+class PreflightError(UsageError, ValueError):
     """Preflight cannot estimate or check something; the message says what to pass or fix."""
 
 

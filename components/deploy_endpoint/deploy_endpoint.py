@@ -42,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from chatft.errors import ChatftError
 from chatft.local_server import (
     LAUNCHER,
     MAP_FILE,
@@ -91,7 +92,7 @@ SMOKE_REQUESTS = (
 SMOKE_ATTEMPTS = 3
 
 
-class DeployError(RuntimeError):
+class DeployError(ChatftError, RuntimeError):
     """The deployment failed or cannot start; the message says what, where and what to do."""
 
 

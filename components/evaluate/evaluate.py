@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from chatft import safety_eval
+from chatft.errors import UsageError
 
 SPEC = Path(__file__).with_name("component.yml")
 # Beside this script in a step's snapshot (additional_includes); in the repository, in register_model/.
@@ -31,7 +32,7 @@ CHAMPION_MODULE = ("champion.py", "../register_model/champion.py")
 SAFETY_SET = ("safety", "../../data/safety")
 
 
-class EvalError(ValueError):
+class EvalError(UsageError, ValueError):
     """Inputs that cannot be evaluated; the message says where and what to do."""
 
 

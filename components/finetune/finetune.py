@@ -20,13 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+from chatft.errors import UsageError
+
 SPEC = Path(__file__).with_name("component.yml")
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Written by the Trainer after the weights, optimizer and RNG state: a checkpoint without it was cut short.
 COMPLETE_MARKER = "trainer_state.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """Inputs that cannot work together or on this machine; the message says what to change."""
 
 

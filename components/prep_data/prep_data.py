@@ -23,15 +23,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import chatft  # noqa: F401
-except ModuleNotFoundError:
-    # Run from a checkout: Azure ML and the local backend copy src/chatft next to this script (additional_includes);
-    # a plain `python components/prep_data/prep_data.py` does not, so use the checkout's copy.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-
 from chatft.chat_format import line_key
 from chatft.component_cli import spec_arg_parser
+from chatft.errors import UsageError
 from chatft.jsonl_io import (
     NoJsonlFilesError,
     atomic_writer,
@@ -50,7 +44,7 @@ COUNTS = ("records", "train_records", "validation_records", "blank_lines_skipped
 SPLIT_METHOD = "sha256(seed, sha256(record)) ascending; the smallest round(fraction * records) go to validation"
 
 
-class PrepError(Exception):
+class PrepError(UsageError):
     """Bad input or settings, reported as a one-line message and exit code 2 rather than a traceback."""
 
 

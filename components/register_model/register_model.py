@@ -32,6 +32,8 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
+from chatft.errors import ChatftError
+
 HERE = Path(__file__).resolve().parent
 SPEC = HERE / "component.yml"
 # Shipped with the model so that it can serve itself exactly like the endpoint (see additional_includes).
@@ -47,7 +49,7 @@ CARD = "MODEL_CARD.md"
 ARTIFACT_PATH = "model"  # the model's folder among the run's artifacts: runs:/<run_id>/model
 
 
-class RegistrationError(RuntimeError):
+class RegistrationError(ChatftError, RuntimeError):
     """An input is missing or malformed; the message says what and where."""
 
 

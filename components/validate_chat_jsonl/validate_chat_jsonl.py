@@ -29,13 +29,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import chatft  # noqa: F401
-except ModuleNotFoundError:
-    # Run from a checkout: Azure ML and the local backend copy src/chatft next to this script (additional_includes);
-    # a plain `python components/validate_chat_jsonl/validate_chat_jsonl.py` does not, so use the checkout's copy.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-
 from chatft.chat_format import (
     RULES,
     ChatValidator,
@@ -48,6 +41,7 @@ from chatft.chat_format import (
 from chatft.component_cli import spec_arg_parser
 from chatft.content_safety import ContentSafetyUnavailable
 from chatft.data_screen import DataScreen
+from chatft.errors import UsageError
 from chatft.jsonl_io import (
     UTF8_BOM,
     NoJsonlFilesError,
@@ -67,10 +61,6 @@ MESSAGES_PNG = "messages_per_conversation.png"
 TOKENS_PNG = "token_lengths.png"
 SHOWN_PROBLEMS = 20  # problems listed in the report and on the console; the full list is in rejected.jsonl
 TOKEN_BATCH = 256  # conversations per tokenizer call: big enough for the Rust side, small enough to hold in memory
-
-
-class UsageError(Exception):
-    """Arguments the step cannot work with: reported as one line and exit code 2, never a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

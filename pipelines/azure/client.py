@@ -12,12 +12,13 @@ import os
 import sys
 from pathlib import Path
 
+from chatft.errors import UsageError
 from pipelines.settings import PROJECT_ROOT
 
 WORKSPACE_ENV = ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZUREML_WORKSPACE_NAME")
 
 
-class WorkspaceConfigError(RuntimeError):
+class WorkspaceConfigError(UsageError, RuntimeError):
     """No workspace is configured; the message says both ways to configure one."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from chatft.errors import ChatftError
 from pipelines import sdk_private
 from pipelines.azure.cli import EXIT_INVALID
 from pipelines.settings import PROJECT_ROOT, RunSettings, SettingsError, load_compute, project_path
@@ -30,7 +31,7 @@ VERSION_DIGITS = 16
 COMPONENT_HASH_DIGITS = 12
 
 
-class SubmissionError(RuntimeError):
+class SubmissionError(ChatftError, RuntimeError):
     """Something to fix before submitting (data, an asset version); the message says what and where."""
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatft.errors import ChatftError
 from pipelines import sdk_private
 from pipelines.azure.assets import get_or_none
 from pipelines.azure.cli import EXIT_INVALID, EXIT_PREFLIGHT, EXIT_RUN_FAILED
@@ -73,7 +74,7 @@ SMOKE_REQUEST = {
 EXIT_JOB_FAILED, EXIT_GATE, EXIT_DEPLOY = EXIT_RUN_FAILED, 5, 6
 
 
-class ServerlessError(RuntimeError):
+class ServerlessError(ChatftError, RuntimeError):
     """Something the serverless path cannot do; the message says what and what to do."""
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from chatft.errors import ChatftError
+
 logger = logging.getLogger("azmlinfsrv.chatft.content_safety")
 
 ENDPOINT_ENV = "CONTENT_SAFETY_ENDPOINT"  # https://<account>.cognitiveservices.azure.com/
@@ -48,7 +50,7 @@ SETTINGS_KEYS = {"thresholds", "on_unavailable", "timeout_s", "retries", "refusa
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
-class ContentSafetyUnavailable(RuntimeError):
+class ContentSafetyUnavailable(ChatftError, RuntimeError):
     """The service could not screen a text (unreachable, timed out, or answered with an error)."""
 
 

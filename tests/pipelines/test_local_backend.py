@@ -32,7 +32,8 @@ command: >-
   $[[--label ${{{{inputs.label}}}}]] --text ${{{{outputs.text}}}}
 """
 MAKE_TEXT_PY = """
-import argparse, pathlib, sys
+import argparse, os, pathlib
+import helpers.shout
 from helpers.shout import shout
 parser = argparse.ArgumentParser()
 for flag in ("--source", "--suffix", "--label", "--text"):
@@ -42,7 +43,8 @@ args = parser.parse_args()
 body = (pathlib.Path(args.source) / "in.txt").read_text()
 label = args.label or "nolabel"
 pathlib.Path(args.text, "out.txt").write_text(shout(body) * args.repeat + args.suffix + label)
-print("python path has src:", any(p.endswith("/src") for p in sys.path))
+print("PYTHONPATH:", os.environ.get("PYTHONPATH"))
+print("helpers from:", pathlib.Path(helpers.shout.__file__).resolve())
 """
 # Step 2: not deterministic (like a deployment), fails on its first attempt when asked to, keeping a counter in
 # its output folder so a re-run can see what the interrupted attempt left.
@@ -130,9 +132,12 @@ def test_runs_in_dependency_order_and_resolves_inputs(project, tracking_uri):
     assert statuses(result) == {"text": "completed", "receipt": "completed"}
     receipt = (result.outputs["receipt"] / "receipt.txt").read_text()
     assert receipt == "published HELLO!x after 1 attempt(s)"
-    # Shared code came from the snapshot, not from a PYTHONPATH pointing into the repo.
+    # Shared code came from the step's snapshot (additional_includes), not from a PYTHONPATH pointing into the repo.
     log = (result.steps[0].log).read_text()
-    assert "python path has src: False" in log
+    assert "PYTHONPATH: None" in log
+    helpers_from = Path(log.split("helpers from: ", 1)[1].splitlines()[0])
+    assert not helpers_from.is_relative_to((project / "shared").resolve())
+    assert helpers_from.name == "shout.py"
 
 
 def test_second_run_reuses_deterministic_steps_only(project, tracking_uri):

@@ -37,6 +37,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatft.errors import UsageError
+
 # name: (type, default, lowest, highest). The one home of the request parameters' defaults and bounds.
 PARAMETERS: dict[str, tuple[type, Any, float | None, float | None]] = {
     "temperature": (float, 0.7, 0.0, 2.0),  # 0 means greedy decoding
@@ -61,7 +63,7 @@ ROUTE_HEADER = "x-chatft-route"
 _QUOTE_CHARS = 80  # how much of a bad value an error message quotes
 
 
-class RequestError(ValueError):
+class RequestError(UsageError, ValueError):
     """The request does not follow the contract; the message says what and where (sent back with ``status``).
 
     ``category`` is set when a request is refused for its content (a screening hook's verdict); monitoring counts
