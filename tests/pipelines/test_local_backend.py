@@ -229,3 +229,28 @@ def test_hash_path_depends_on_content_and_names_not_timestamps(tmp_path):
     assert hash_path(folder) == first
     (folder / "a.txt").rename(folder / "b.txt")
     assert hash_path(folder) != first
+
+
+def test_the_step_cache_key_recipe_is_pinned():
+    """A refactor that changes what is hashed would make every cached `make run` step miss: these are the keys the
+    recipe gave before the local backend was split into pipelines/local/. Change them only with CACHE_FORMAT."""
+    from types import SimpleNamespace
+
+    from pipelines.local.cache import step_key
+
+    component = SimpleNamespace(
+        name="make_text",
+        version="1",
+        environment="azureml:chatft-train:1",
+        command="python make_text.py --x ${{inputs.x}}",
+    )
+    one = SimpleNamespace(component=component, distribution=None)
+    four = SimpleNamespace(
+        name="n",
+        component=component,
+        distribution=SimpleNamespace(type="pytorch", process_count_per_instance=2),
+        resources=SimpleNamespace(instance_count=2),
+    )
+    inputs = {"x": 3, "data": "d4ta"}
+    assert step_key(one, "c0de", inputs)[0] == "cb48efbb44df053e1e2baac779043a612e40ab19342e622731fc16f07b7d2440"
+    assert step_key(four, "c0de", inputs)[0] == "c85e6fa58db7768808a3f947b36398cd8494d825a2430cc8310ebabe1ba19d13"
