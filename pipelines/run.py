@@ -17,9 +17,10 @@ import textwrap
 import time
 from pathlib import Path
 
+from chatft.errors import UsageError, exit_on_error
 from pipelines import sdk_private
 from pipelines.azure.cli import add_azure_arguments
-from pipelines.settings import PACKAGED_SMOLLM2, PROJECT_ROOT, RunSettings, SettingsError, load_settings
+from pipelines.settings import PACKAGED_SMOLLM2, PROJECT_ROOT, RunSettings, load_settings, project_path
 
 DEFAULT_CONFIG = {
     "local": "pipelines/config/local.yaml",
@@ -74,23 +75,23 @@ def time_table(result) -> str:
 
 def run_local(args: argparse.Namespace, settings: RunSettings) -> int:
     from pipelines.finetune_pipeline import build_pipeline
-    from pipelines.local_backend import LocalBackend, LocalRunError
+    from pipelines.local_backend import LocalBackend
 
-    output_root = Path(args.output_root)
-    output_root = output_root if output_root.is_absolute() else PROJECT_ROOT / output_root
+    output_root = project_path(args.output_root)
     output_root.mkdir(parents=True, exist_ok=True)
     base_model = prepare_base_model(settings, output_root)
     job = build_pipeline(settings, base_model_path=base_model)
     problems = sdk_private.validation_errors(job)  # the SDK's own checks, the same as at Azure submission
     if problems:
-        print(f"Pipeline failed azure-ai-ml validation:\n{problems}", file=sys.stderr)
-        return 2
+        raise UsageError(f"pipeline failed azure-ai-ml validation:\n{problems}")
     backend = LocalBackend(output_root, PROJECT_ROOT, force_rerun=args.force_rerun, stream_logs=not args.quiet)
-    try:
-        result = backend.run(job, settings.experiment_name)
-    except LocalRunError as err:
-        print(f"\nPipeline failed: {err}", file=sys.stderr)
-        return 1
+    result = backend.run(job, settings.experiment_name)  # a failed step raises LocalRunError (exit 1)
+    print_report(result, backend.tracking_uri)
+    return 0
+
+
+def print_report(result, tracking_uri: str) -> None:
+    """The end of a local run: the evaluation table and gate verdict, the time table, the outputs, the endpoint."""
     reused = sum(step.status == "reused" for step in result.steps)
     summary = result.outputs.get("eval_report")
     if summary and (summary / "summary.md").is_file():
@@ -105,8 +106,7 @@ def run_local(args: argparse.Namespace, settings: RunSettings) -> int:
     if endpoint_file and (endpoint_file / "endpoint_info.json").is_file():
         info = json.loads((endpoint_file / "endpoint_info.json").read_text(encoding="utf-8"))
         print(f"  endpoint       {info.get('url')}")
-    print(f"  MLflow         {backend.tracking_uri}  (make mlflow-ui to browse)")
-    return 0
+    print(f"  MLflow         {tracking_uri}  (make mlflow-ui to browse)")
 
 
 def run_azure(args: argparse.Namespace, settings: RunSettings) -> int:
@@ -114,7 +114,7 @@ def run_azure(args: argparse.Namespace, settings: RunSettings) -> int:
     from pipelines.azure.submit import submit
 
     options = SubmitOptions.from_args(args)
-    return submit(settings, dry_run=args.dry_run, output_root=PROJECT_ROOT / args.output_root, options=options)
+    return submit(settings, dry_run=args.dry_run, output_root=project_path(args.output_root), options=options)
 
 
 def run_serverless(args: argparse.Namespace, settings: RunSettings) -> int:
@@ -124,7 +124,7 @@ def run_serverless(args: argparse.Namespace, settings: RunSettings) -> int:
 
     settings = replace(settings, raw_data=args.data) if args.data else settings
     pricing = Path(args.pricing) if args.pricing else None
-    output_root = PROJECT_ROOT / args.output_root
+    output_root = project_path(args.output_root)
     return serverless.submit(settings, dry_run=args.dry_run, output_root=output_root, pricing=pricing)
 
 
@@ -132,14 +132,10 @@ BACKENDS = {"local": run_local, "azure": run_azure, "serverless": run_serverless
 
 
 def main(args: argparse.Namespace) -> int:
-    config = args.config or DEFAULT_CONFIG[args.backend]
-    try:
-        settings = load_settings(PROJECT_ROOT / config if not Path(config).is_absolute() else config, args.overrides)
-        return BACKENDS[args.backend](args, settings)
-    except SettingsError as err:
-        print(f"Settings error: {err}", file=sys.stderr)
-        return 2
+    """Load the settings and hand them to the backend; returns its exit status. Errors raise (see chatft.errors)."""
+    settings = load_settings(project_path(args.config or DEFAULT_CONFIG[args.backend]), args.overrides)
+    return BACKENDS[args.backend](args, settings)
 
 
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(exit_on_error("pipelines.run", main, parse_args()))

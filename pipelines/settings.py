@@ -95,16 +95,7 @@ def load_settings(path: str | Path, overrides: list[str] | None = None) -> RunSe
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SettingsError(f"{path}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-    steps = raw.get("steps") or {}
-    if not isinstance(steps, dict) or not all(isinstance(v, dict) for v in steps.values()):
-        raise SettingsError(f"{path}: 'steps' must map component names to {{input: value}} mappings")
-    steps = {name: dict(values) for name, values in steps.items()}
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        component, dot, input_name = key.partition(".")
-        if not sep or not dot or not component or not input_name:
-            raise SettingsError(f"--set {item!r}: expected STEP.INPUT=VALUE, e.g. finetune.learning_rate=1e-4")
-        steps.setdefault(component, {})[input_name] = _parse_scalar(value)
+    steps = _steps(raw.get("steps"), path, overrides or [])
     missing = [k for k in ("experiment_name", "base_model", "base_model_name") if not raw.get(k)]
     if missing:
         raise SettingsError(f"{path}: missing required key(s) {', '.join(missing)}")
@@ -121,46 +112,60 @@ def load_settings(path: str | Path, overrides: list[str] | None = None) -> RunSe
     )
 
 
+def _steps(raw: Any, path: Path, overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """``steps`` of the preset, then each ``--set STEP.INPUT=VALUE`` on top."""
+    raw = raw or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise SettingsError(f"{path}: 'steps' must map component names to {{input: value}} mappings")
+    steps = {name: dict(values) for name, values in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        component, dot, input_name = key.partition(".")
+        if not sep or not dot or not component or not input_name:
+            raise SettingsError(f"--set {item!r}: expected STEP.INPUT=VALUE, e.g. finetune.learning_rate=1e-4")
+        steps.setdefault(component, {})[input_name] = _parse_scalar(value)
+    return steps
+
+
 def _azure_settings(raw: Any, path: Path) -> AzureSettings:
     """The ``azure`` section: unknown keys, a malformed cron line or an unknown time zone are errors naming the key."""
+    raw = _section(raw, AzureSettings, path, "azure", "a mapping")
     if raw is None:
         return AzureSettings()
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: 'azure' must be a mapping")
-    _check_keys(raw, AzureSettings, path, "azure")
-    schedule = raw.get("schedule")
-    if schedule is not None:
-        if not isinstance(schedule, dict):
-            raise SettingsError(f"{path}: 'azure.schedule' must be a mapping with name, cron and time_zone")
-        _check_keys(schedule, ScheduleSettings, path, "azure.schedule")
-        missing = [key for key in ("name", "cron") if not schedule.get(key)]
-        if missing:
-            raise SettingsError(f"{path}: azure.schedule needs {' and '.join(missing)}")
-        schedule = ScheduleSettings(**{key: str(value) for key, value in schedule.items()})
-        if len(schedule.cron.split()) != 5:
-            raise SettingsError(
-                f"{path}: azure.schedule.cron {schedule.cron!r} must have 5 fields (minute hour day month weekday), "
-                "e.g. '0 3 * * 1'"
-            )
-        from azure.ai.ml.constants import TimeZone
-
-        zones = {zone.value for zone in TimeZone}
-        if schedule.time_zone not in zones:
-            raise SettingsError(
-                f"{path}: azure.schedule.time_zone {schedule.time_zone!r} is not an Azure ML time zone "
-                "(Windows names such as 'UTC', 'W. Europe Standard Time'; see azure.ai.ml.constants.TimeZone)"
-            )
     name = str(raw.get("data_asset_name") or AzureSettings.data_asset_name)
-    return AzureSettings(data_asset_name=name, schedule=schedule)
+    return AzureSettings(data_asset_name=name, schedule=_schedule_settings(raw.get("schedule"), path))
+
+
+def _schedule_settings(raw: Any, path: Path) -> ScheduleSettings | None:
+    """``azure.schedule``: name and a five-field cron line, in an Azure ML time zone."""
+    raw = _section(raw, ScheduleSettings, path, "azure.schedule", "a mapping with name, cron and time_zone")
+    if raw is None:
+        return None
+    missing = [key for key in ("name", "cron") if not raw.get(key)]
+    if missing:
+        raise SettingsError(f"{path}: azure.schedule needs {' and '.join(missing)}")
+    schedule = ScheduleSettings(**{key: str(value) for key, value in raw.items()})
+    if len(schedule.cron.split()) != 5:
+        raise SettingsError(
+            f"{path}: azure.schedule.cron {schedule.cron!r} must have 5 fields (minute hour day month weekday), "
+            "e.g. '0 3 * * 1'"
+        )
+    from azure.ai.ml.constants import TimeZone
+
+    zones = {zone.value for zone in TimeZone}
+    if schedule.time_zone not in zones:
+        raise SettingsError(
+            f"{path}: azure.schedule.time_zone {schedule.time_zone!r} is not an Azure ML time zone "
+            "(Windows names such as 'UTC', 'W. Europe Standard Time'; see azure.ai.ml.constants.TimeZone)"
+        )
+    return schedule
 
 
 def _finetune_compute(raw: Any, path: Path) -> FinetuneCompute:
     """The ``finetune_compute`` section: a cluster of infra/compute.json and a node count it allows."""
+    raw = _section(raw, FinetuneCompute, path, "finetune_compute", "a mapping with cluster and nodes")
     if raw is None:
         return FinetuneCompute()
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{path}: 'finetune_compute' must be a mapping with cluster and nodes")
-    _check_keys(raw, FinetuneCompute, path, "finetune_compute")
     value = FinetuneCompute(**raw)
     clusters = {key: entry for key, entry in load_compute().items() if "vm_size" in entry and "max_nodes" in entry}
     if value.cluster not in clusters:
@@ -175,6 +180,16 @@ def _finetune_compute(raw: Any, path: Path) -> FinetuneCompute:
             f"(max_nodes of {value.cluster} in infra/compute.json)"
         )
     return value
+
+
+def _section(raw: Any, kind: type, path: Path, where: str, expected: str) -> dict | None:
+    """A nested section of a preset: None when absent, else a mapping with only ``kind``'s keys."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: '{where}' must be {expected}")
+    _check_keys(raw, kind, path, where)
+    return raw
 
 
 def _check_keys(raw: dict, kind: type, path: Path, where: str) -> None:

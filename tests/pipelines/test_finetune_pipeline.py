@@ -22,6 +22,25 @@ def binding(node, name):
     return data
 
 
+# (step, input) -> where it comes from: (upstream step, its output) or ("parent", the pipeline's input).
+WIRING = {
+    ("valid_train", "input_data"): ("splits", "train_data"),
+    ("valid_validation", "input_data"): ("splits", "validation_data"),
+    ("valid_validation", "reference_data"): ("splits", "train_data"),
+    ("tuned", "train_data"): ("valid_train", "valid_data"),
+    ("tuned", "base_model"): ("parent", "base_model"),
+    ("evaluation", "tuned_model"): ("tuned", "merged_model"),
+    ("evaluation", "validation_data"): ("valid_validation", "valid_data"),
+    # The base model's half of the evaluation is its own step, fed only by the base model and the validation data.
+    ("base_scores", "base_model"): ("parent", "base_model"),
+    ("base_scores", "validation_data"): ("valid_validation", "valid_data"),
+    ("evaluation", "base_score"): ("base_scores", "base_score"),
+    ("registered", "quality_gate"): ("evaluation", "quality_gate"),
+    ("registered", "split_info"): ("splits", "split_info"),
+    ("endpoint_deployment", "model_info"): ("registered", "model_info"),
+}
+
+
 @pytest.fixture(scope="module")
 def local_job(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("base_model")
@@ -56,20 +75,7 @@ def test_steps_are_wired_output_to_input(local_job):
         "registered",
         "endpoint_deployment",
     ]
-    assert binding(jobs["valid_train"], "input_data") == ("splits", "train_data")
-    assert binding(jobs["valid_validation"], "input_data") == ("splits", "validation_data")
-    assert binding(jobs["valid_validation"], "reference_data") == ("splits", "train_data")
-    assert binding(jobs["tuned"], "train_data") == ("valid_train", "valid_data")
-    assert binding(jobs["tuned"], "base_model") == ("parent", "base_model")
-    assert binding(jobs["evaluation"], "tuned_model") == ("tuned", "merged_model")
-    assert binding(jobs["evaluation"], "validation_data") == ("valid_validation", "valid_data")
-    # The base model's half of the evaluation is its own step, fed only by the base model and the validation data.
-    assert binding(jobs["base_scores"], "base_model") == ("parent", "base_model")
-    assert binding(jobs["base_scores"], "validation_data") == ("valid_validation", "valid_data")
-    assert binding(jobs["evaluation"], "base_score") == ("base_scores", "base_score")
-    assert binding(jobs["registered"], "quality_gate") == ("evaluation", "quality_gate")
-    assert binding(jobs["registered"], "split_info") == ("splits", "split_info")
-    assert binding(jobs["endpoint_deployment"], "model_info") == ("registered", "model_info")
+    assert {(step, name): binding(jobs[step], name) for step, name in WIRING} == WIRING
 
 
 def test_compute_and_endpoint_size_come_from_infra_compute_json(local_job):

@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from pipelines.local_backend import LocalBackend, LocalRunError, hash_path, resolve_command
-
-SCHEMA = "$schema: https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json"
+from tests.helpers.local_projects import component_yml, write_project
 
 # Step 1: copies its input file's text plus a parameter; imports a helper through additional_includes.
-MAKE_TEXT_YML = f"""{SCHEMA}
-name: make_text
-version: 1
-type: command
-code: .
-additional_includes: [../../shared/helpers]
-environment: azureml:chatft-train:1
-inputs:
-  source: {{type: uri_folder}}
-  suffix: {{type: string, default: "!"}}
-  repeat: {{type: integer, default: 1, min: 1, max: 5}}
-  label: {{type: string, optional: true}}
-outputs:
-  text: {{type: uri_folder}}
-command: >-
-  python make_text.py --source ${{{{inputs.source}}}} --suffix ${{{{inputs.suffix}}}} --repeat ${{{{inputs.repeat}}}}
-  $[[--label ${{{{inputs.label}}}}]] --text ${{{{outputs.text}}}}
-"""
+MAKE_TEXT_YML = component_yml(
+    "make_text",
+    """
+    additional_includes: [../../shared/helpers]
+    inputs:
+      source: {type: uri_folder}
+      suffix: {type: string, default: "!"}
+      repeat: {type: integer, default: 1, min: 1, max: 5}
+      label: {type: string, optional: true}
+    outputs:
+      text: {type: uri_folder}
+    command: >-
+      python make_text.py --source ${{inputs.source}} --suffix ${{inputs.suffix}} --repeat ${{inputs.repeat}}
+      $[[--label ${{inputs.label}}]] --text ${{outputs.text}}
+    """,
+)
 MAKE_TEXT_PY = """
 import argparse, os, pathlib
 import helpers.shout
@@ -48,21 +44,19 @@ print("helpers from:", pathlib.Path(helpers.shout.__file__).resolve())
 """
 # Step 2: not deterministic (like a deployment), fails on its first attempt when asked to, keeping a counter in
 # its output folder so a re-run can see what the interrupted attempt left.
-PUBLISH_YML = f"""{SCHEMA}
-name: publish
-version: 1
-type: command
-code: .
-environment: azureml:chatft-train:1
-is_deterministic: false
-inputs:
-  text: {{type: uri_folder}}
-  fail_first_attempt: {{type: boolean, default: false}}
-outputs:
-  receipt: {{type: uri_folder}}
-command: python publish.py --text ${{{{inputs.text}}}} --fail_first_attempt ${{{{inputs.fail_first_attempt}}}}
-  --receipt ${{{{outputs.receipt}}}}
-"""
+PUBLISH_YML = component_yml(
+    "publish",
+    """
+    is_deterministic: false
+    inputs:
+      text: {type: uri_folder}
+      fail_first_attempt: {type: boolean, default: false}
+    outputs:
+      receipt: {type: uri_folder}
+    command: python publish.py --text ${{inputs.text}} --fail_first_attempt ${{inputs.fail_first_attempt}}
+      --receipt ${{outputs.receipt}}
+    """,
+)
 PUBLISH_PY = """
 import argparse, pathlib, sys
 parser = argparse.ArgumentParser()
@@ -81,7 +75,6 @@ pathlib.Path(args.receipt, "receipt.txt").write_text(f"published {text} after {a
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
     files = {
         "components/make_text/component.yml": MAKE_TEXT_YML,
         "components/make_text/make_text.py": MAKE_TEXT_PY,
@@ -91,10 +84,7 @@ def project(tmp_path: Path) -> Path:
         "shared/helpers/shout.py": "def shout(text):\n    return text.upper()\n",
         "data/in.txt": "hello",
     }
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(textwrap.dedent(text))
-    return root
+    return write_project(tmp_path / "project", files)
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +229,28 @@ def test_hash_path_depends_on_content_and_names_not_timestamps(tmp_path):
     assert hash_path(folder) == first
     (folder / "a.txt").rename(folder / "b.txt")
     assert hash_path(folder) != first
+
+
+def test_the_step_cache_key_recipe_is_pinned():
+    """A refactor that changes what is hashed would make every cached `make run` step miss: these are the keys the
+    recipe gave before the local backend was split into pipelines/local/. Change them only with CACHE_FORMAT."""
+    from types import SimpleNamespace
+
+    from pipelines.local.cache import step_key
+
+    component = SimpleNamespace(
+        name="make_text",
+        version="1",
+        environment="azureml:chatft-train:1",
+        command="python make_text.py --x ${{inputs.x}}",
+    )
+    one = SimpleNamespace(component=component, distribution=None)
+    four = SimpleNamespace(
+        name="n",
+        component=component,
+        distribution=SimpleNamespace(type="pytorch", process_count_per_instance=2),
+        resources=SimpleNamespace(instance_count=2),
+    )
+    inputs = {"x": 3, "data": "d4ta"}
+    assert step_key(one, "c0de", inputs)[0] == "cb48efbb44df053e1e2baac779043a612e40ab19342e622731fc16f07b7d2440"
+    assert step_key(four, "c0de", inputs)[0] == "c85e6fa58db7768808a3f947b36398cd8494d825a2430cc8310ebabe1ba19d13"

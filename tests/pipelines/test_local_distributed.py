@@ -4,33 +4,29 @@ environment set, a log per rank, and the step failing (its other ranks stopped) 
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from pipelines.local_backend import LocalBackend, LocalRunError, rank_env
+from tests.helpers.local_projects import component_yml, write_project
 
-SCHEMA = "$schema: https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json"
-
-COMPONENT_YML = f"""{SCHEMA}
-name: ranks
-version: 1
-type: command
-code: .
-environment: azureml:chatft-train:1
-inputs:
-  mode: {{type: string, default: allreduce}}
-outputs:
-  report: {{type: uri_folder}}
-distribution:
-  type: pytorch
-  process_count_per_instance: 2
-resources:
-  instance_count: 2
-command: python ranks.py ${{{{inputs.mode}}}} ${{{{outputs.report}}}}
-"""
+COMPONENT_YML = component_yml(
+    "ranks",
+    """
+    inputs:
+      mode: {type: string, default: allreduce}
+    outputs:
+      report: {type: uri_folder}
+    distribution:
+      type: pytorch
+      process_count_per_instance: 2
+    resources:
+      instance_count: 2
+    command: python ranks.py ${{inputs.mode}} ${{outputs.report}}
+    """,
+)
 # allreduce: join the process group over gloo (as a CPU Trainer does), sum the ranks, write what each rank saw.
 # fail: rank 1 exits 3 once the others are up; they wait (as ranks blocked in a collective would) until stopped.
 RANKS_PY = """
@@ -71,11 +67,8 @@ def build_job(root: Path, mode: str):
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    (root / "components/ranks").mkdir(parents=True)
-    (root / "components/ranks/component.yml").write_text(COMPONENT_YML)
-    (root / "components/ranks/ranks.py").write_text(textwrap.dedent(RANKS_PY))
-    return root
+    files = {"components/ranks/component.yml": COMPONENT_YML, "components/ranks/ranks.py": RANKS_PY}
+    return write_project(tmp_path / "project", files)
 
 
 def backend(root: Path, tmp_path: Path) -> LocalBackend:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 
 import pytest
 import requests
 
+from chatft.processes import free_port
 from pipelines.endpoint import find_record, stop
 from pipelines.finetune_pipeline import build_pipeline
 from pipelines.local_backend import LocalBackend
@@ -30,10 +30,16 @@ SEED_REQUEST = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# The tiny model is random and trains for two steps: whatever it measures, the gate must pass, because this test is
+# about plumbing. Every threshold at its spec's most lenient value (components/evaluate/component.yml), the safety
+# check still run so its plumbing is covered too.
+LENIENT_GATE = {
+    "max_perplexity_ratio": 100.0,
+    "max_champion_ratio": 100.0,
+    "safety_check": True,
+    "max_refusal_drop": 1.0,
+    "max_over_refusal": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +56,7 @@ def pipeline_run(tmp_path_factory, tiny_llama_dir):
         steps={
             "validate_chat_jsonl": {"min_valid_records": 5},  # 40 chats → 8 in validation
             "finetune": {"max_steps": 2, "per_device_train_batch_size": 2, "max_seq_length": 128, "save_steps": 1},
-            "evaluate": {"num_generation_samples": 1, "max_new_tokens": 8, "max_seq_length": 128},
-            # The tiny model is random: let the gate pass whatever it measures, this test is about plumbing.
+            "evaluate": {"num_generation_samples": 1, "max_new_tokens": 8, "max_seq_length": 128, **LENIENT_GATE},
             "deploy_endpoint": {"target": "local", "port": free_port()},
         },
     )
@@ -73,6 +78,7 @@ def test_every_step_completes_and_mlflow_holds_the_registered_model(pipeline_run
     info = json.loads((first.outputs["model_info"] / "model_info.json").read_text())
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     version = client.get_model_version(info["name"], str(info["version"]))
+    assert info["quality_gate"] == "passed"  # the lenient gate above, not the tiny model's luck
     assert version.tags["base_model"] == "tiny-llama"
     assert "data_fingerprint" in version.tags
     parent = client.get_run(first.run_id)
@@ -88,7 +94,8 @@ def test_the_endpoint_answers_the_seed_request_over_http(pipeline_run):
     assert info["url"].startswith("http://127.0.0.1:")
     response = requests.post(info["url"], json=SEED_REQUEST, timeout=60)
     assert response.status_code == 200, response.text
-    assert isinstance(response.json()["output"], str)
+    answer = response.json()["output"]
+    assert isinstance(answer, str) and answer.strip(), f"empty answer: {response.json()}"
 
 
 def test_a_second_run_reuses_every_deterministic_step(pipeline_run):
