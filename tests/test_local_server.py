@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from chatft.local_server import DEPLOYMENT_HEADER, NoRoute, Router, live_deployment, route, write_map
+from tests.helpers.servers import staged_server
 
 
 class _Stub(BaseHTTPRequestHandler):
@@ -232,24 +233,9 @@ def test_a_client_leaving_a_stream_closes_the_slots_connection(endpoint, slots):
 @pytest.fixture(scope="module")
 def live_endpoint(tiny_llama_dir, tmp_path_factory):
     """A slot (serve_local.py + score.py on the tiny Llama, staged as deploy_endpoint stages it) behind a router."""
-    import importlib.util
-    import os
-    import shutil
-
-    component = Path(__file__).resolve().parents[1] / "components" / "deploy_endpoint"
-    spec = importlib.util.spec_from_file_location("serve_local_for_router", component / "serve_local.py")
-    serve_local = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve_local)
     root = tmp_path_factory.mktemp("endpoint")
     home = root / "endpoints" / "chat-ft"  # the layout deploy_endpoint writes under CHATFT_HOME
-    code = home / "blue" / "code"
-    code.mkdir(parents=True)
-    for name in ("score.py", "serve_local.py", "serving.json"):
-        shutil.copy2(component / name, code / name)
-    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "chatft", code / "chatft")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HOME"] = str(home)
-    with serve_local.running_server(tiny_llama_dir, home / "blue" / "server.log", code_dir=code, env=env) as slot:
+    with staged_server(tiny_llama_dir, home / "blue" / "code", home=home) as slot:
         deployment = {"port": slot["port"], "pid": slot["pid"], "model_name": "chat-ft", "model_version": "1"}
         record = {"endpoint_name": "chat-ft", "deployments": {"blue": deployment}, "traffic": {"blue": 100}}
         router = _serve(Router(home / "endpoint.json", 0))

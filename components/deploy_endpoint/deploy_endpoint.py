@@ -53,6 +53,7 @@ from chatft.local_server import (
     stop_server,
     write_map,
 )
+from chatft.serving.settings import load_serving_settings, server_environment
 
 HERE = Path(__file__).resolve().parent
 SPEC = HERE / "component.yml"
@@ -119,18 +120,10 @@ def read_model_info(folder: str | Path) -> dict:
     return info
 
 
-def _sibling(name: str):
-    """A module beside this script (score.py, serve_local.py), loaded from its file: no sys.path changes."""
-    spec = importlib.util.spec_from_file_location(f"deploy_endpoint_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def serving_settings() -> dict:
-    """serving.json beside this script, checked by score.py (which owns its keys and their relations)."""
+    """serving.json beside this script, checked by chatft.serving.settings (which owns its keys and their relations)."""
     try:
-        return _sibling("score").load_serving_settings(HERE / SERVING_FILE)
+        return load_serving_settings(HERE / SERVING_FILE)
     except ValueError as err:
         raise DeployError(str(err)) from None
 
@@ -577,7 +570,7 @@ def build_deployment(
     serving = serving_settings()
     probes = probe_settings()
     environment_variables = {
-        **_sibling("serve_local").server_environment(serving),
+        **server_environment(serving),
         # The server's App Insights hook reads each response's whole body to log it (response.get_data()), which
         # would run a streamed answer to its end before the first byte leaves. The data collector below keeps
         # every answer instead (azureml-inference-server-http 1.5.1, server/appinsights_client.py).

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from chatft.local_server import pid_running
+from chatft.serving.settings import server_environment
 from tests.helpers.azure_endpoints import simulated_endpoints, story
 from tests.helpers.components import snapshot_component
 
@@ -281,14 +282,13 @@ def test_azure_failed_smoke_test_deletes_the_new_slot_and_keeps_traffic(deploy, 
 
 def test_azure_serving_settings_reach_the_deployment(deploy, tmp_path):
     serving = json.loads((COMPONENT / "serving.json").read_text())
-    serve_local = _load(COMPONENT / "serve_local.py", "serve_local_for_deploy_test")
     deployment = deploy.build_deployment("chat-ft", "blue", MODEL_INFO, "Standard_NC8as_T4_v3", 1, tmp_path)
     limits = deployment.request_settings
     assert limits.max_concurrent_requests_per_instance == serving["max_concurrent_requests_per_instance"]
     assert limits.request_timeout_ms == serving["request_timeout_ms"]
     # The same worker/thread variables as the local server gets, so both serve alike.
     assert deployment.environment_variables == {
-        **serve_local.server_environment(serving),
+        **server_environment(serving),
         "APP_INSIGHTS_LOG_RESPONSE_ENABLED": "false",  # else the server's App Insights hook buffers every stream
     }
     assert deployment.environment_variables["WORKER_COUNT"] == str(serving["worker_count"])
@@ -328,13 +328,13 @@ def test_azure_deployment_collects_inputs_outputs_and_enables_app_insights(deplo
         "model_inputs": "true",
         "model_outputs": "true",
     }
-    # What goes over the wire (the SDK's own serializer): the names score.py's Collector(name=...) writes to.
+    # What goes over the wire (the SDK's own serializer): the names chatft.serving.app's Collector(name=...) writes to.
     rest = deployment._to_rest_object(location="westeurope").properties
     assert rest.app_insights_enabled is True
     modes = {name: c.data_collection_mode.lower() for name, c in rest.data_collector.collections.items()}
     assert modes == {"model_inputs": "enabled", "model_outputs": "enabled"}
-    score = (COMPONENT / "score.py").read_text()
-    assert 'Collector(name="model_inputs"' in score and 'Collector(name="model_outputs"' in score
+    app = (REPO / "src" / "chatft" / "serving" / "app.py").read_text()
+    assert 'Collector(name="model_inputs"' in app and 'Collector(name="model_outputs"' in app
 
 
 def test_a_bad_serving_json_stops_the_deployment(deploy, tmp_path, monkeypatch):
