@@ -16,6 +16,7 @@ import pytest
 from pipelines import endpoint
 from pipelines.settings import PROJECT_ROOT, load_settings
 from tests.helpers.azure_endpoints import EndpointSimulation, simulated_endpoints
+from tests.helpers.json_http import send_json
 
 KEY = "s3cret-endpoint-key"
 
@@ -32,12 +33,7 @@ class _KeyedEndpoint(BaseHTTPRequestHandler):
             text = f"reply to {turns[-1]['content']!r} after {len(turns) - 1} turns"
             chat = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
             status, reply = 200, chat if "messages" in body else {"output": text}
-        data = json.dumps(reply).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, reply)
 
     def log_message(self, *args):
         pass
