@@ -27,7 +27,6 @@ the whole stream. These streamed requests count towards the error goal too.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -277,13 +276,6 @@ def packaged_model() -> Path:
     return target
 
 
-def _serve_local():
-    spec = importlib.util.spec_from_file_location("serve_local", COMPONENT / "serve_local.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def bench_streams(url: str, args: argparse.Namespace) -> list[dict]:
     """Time to first token: streamed requests at each concurrency, after the main levels."""
     body = json.dumps(stream_payload(args.max_new_tokens)).encode()
@@ -323,7 +315,6 @@ def bench(url: str, args: argparse.Namespace) -> list[dict]:
 
 
 def main(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(REPO / "src"))
     settings = json.loads((COMPONENT / "serving.json").read_text(encoding="utf-8"))
     settings.pop("_notes", None)
     streams: list[dict] = []
@@ -336,7 +327,10 @@ def main(args: argparse.Namespace) -> int:
         where = f"own server on {model_dir}"
         with tempfile.TemporaryDirectory(prefix="bench_endpoint-") as tmp:
             env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HOME": tmp}  # HOME: gunicorn's ~/.gunicorn
-            with _serve_local().running_server(model_dir, Path(tmp) / "server.log", env=env) as server:
+            from chatft.serving.launch import running_server
+
+            log = Path(tmp) / "server.log"
+            with running_server(model_dir, log, code_dir=COMPONENT, env=env) as server:
                 print(f"server healthy after {server['startup_s']:.1f} s at {server['url']}", flush=True)
                 levels = bench(server["url"], args)
                 streams = bench_streams(server["url"], args) if args.stream_requests else []

@@ -28,24 +28,26 @@ CHATFT_SERVERLESS_KEY, else from the workspace.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from chatft.errors import ChatftError
-from chatft.local_server import MAP_FILE, is_our_server, live_deployment, stop_server
-from pipelines.settings import PROJECT_ROOT, SettingsError, load_settings
+from chatft.errors import exit_on_error
+from pipelines.endpoint_azure import (
+    KEY_ENV,  # noqa: F401  (named here by the tests and the docs)
+    URL_ENV,  # noqa: F401
+    azure_connection,
+    azure_name,
+    manage_azure,
+    manage_serverless,
+    serverless_connection,
+    serverless_name,
+)
+from pipelines.endpoint_client import EndpointError, configured, generate, stream_reply  # noqa: F401  (configured: tests)
+from pipelines.endpoint_local import find_record, local_connection, manage_local
+from pipelines.settings import PROJECT_ROOT
 
-REQUEST_TIMEOUT_S = 300  # a long answer on a CPU: 1024 tokens at ~18 tokens/s is ~60 s for SmolLM2
-URL_ENV, KEY_ENV = "CHATFT_ENDPOINT_URL", "CHATFT_ENDPOINT_KEY"
-PRESETS = {"local": PROJECT_ROOT / "pipelines/config/local.yaml", "azure": PROJECT_ROOT / "pipelines/config/azure.yaml"}
 TARGETS = ["local", "azure", "serverless"]
-
-
-class EndpointError(ChatftError, RuntimeError):
-    """No usable endpoint, or it refused a request; the message says what to do."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,326 +95,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--delete-subscription", action="store_true", help="serverless: also the marketplace subscription"
     )
     return parser.parse_args(argv)
-
-
-def configured(step: str, key: str, target: str) -> str:
-    """A step input as the target's preset sets it, else the component's default: the pipeline's own value."""
-    try:
-        value = load_settings(PRESETS[target]).step(step).get(key)
-    except SettingsError:
-        value = None
-    if value is None:
-        from chatft.component_cli import load_spec
-
-        value = load_spec(PROJECT_ROOT / "components" / step / "component.yml")["inputs"][key].get("default")
-    return str(value)
-
-
-# ---- local -------------------------------------------------------------------------------------------------------
-
-
-def find_record(home: Path, name: str | None) -> tuple[Path, dict]:
-    """The local endpoint's traffic map: (path, record)."""
-    endpoints = home / "endpoints"
-    if name:
-        path = endpoints / name / MAP_FILE
-        if not path.is_file():
-            raise EndpointError(f"{path}: no such endpoint; deploy it with `make run` (deploy_endpoint target=local)")
-    else:
-        found = sorted(endpoints.glob(f"*/{MAP_FILE}"))
-        if not found:
-            raise EndpointError(f"no endpoint recorded in {endpoints}; deploy one with `make run` first")
-        if len(found) > 1:
-            names = ", ".join(p.parent.name for p in found)
-            raise EndpointError(f"several endpoints in {endpoints} ({names}); pick one with --name")
-        path = found[0]
-    return path, json.loads(path.read_text(encoding="utf-8"))
-
-
-def _get(url: str, timeout: float = 2.0):
-    import requests
-
-    try:
-        return requests.get(url, timeout=timeout)
-    except requests.RequestException:
-        return None
-
-
-def local_connection(record: dict) -> dict:
-    live = record["deployments"].get(live_deployment(record) or "", {})
-    model = f"{live.get('model_name')}:{live.get('model_version')}" if live else "no deployment"
-    return {"url": record["url"], "headers": {}, "label": f"{record['endpoint_name']} ({model})"}
-
-
-def stop(path: Path, record: dict) -> int:
-    """Stop the router and every slot, then forget the traffic map (downloaded models stay for a re-deploy)."""
-    processes = [("router", (record.get("router") or {}).get("pid"))]
-    processes += [(slot, entry.get("pid")) for slot, entry in record.get("deployments", {}).items()]
-    for label, pid in processes:
-        state = "stopped" if stop_server(pid) else "was not running"
-        print(f"{record['endpoint_name']}: {label} {state} (pid {pid})")
-    path.unlink()
-    return 0
-
-
-def status_local(path: Path, record: dict, last: int = 200) -> int:
-    router = record.get("router") or {}
-    router_up = is_our_server(router.get("pid")) and _get(record["health_url"]) is not None  # any answer will do
-    print(
-        f"{record['endpoint_name']}: {record['url']}  (router pid {router.get('pid')}: {'up' if router_up else 'DOWN'})"
-    )
-    print(f"  traffic map: {path}")
-    healthy = router_up
-    for slot, entry in sorted(record.get("deployments", {}).items()):
-        share = record.get("traffic", {}).get(slot, 0)
-        answer = _get(f"http://127.0.0.1:{entry['port']}/") if is_our_server(entry["pid"]) else None
-        state = "healthy" if answer is not None and answer.status_code == 200 else "not running"
-        healthy &= state == "healthy" or share == 0
-        print(
-            f"  {slot:<6} {share:>3}%  {entry['model_name']}:{entry['model_version']}  {state}  "
-            f"pid {entry['pid']}  port {entry['port']}  log {entry['log']}"
-        )
-    if not live_deployment(record):
-        print("  no deployment takes traffic")
-        healthy = False
-    monitor_local(path, record, last)
-    return 0 if healthy else 1
-
-
-def monitor_local(path: Path, record: dict, last: int) -> int:
-    """The last ``last`` requests of each slot, summarised (the slots' requests.jsonl)."""
-    from chatft.serving.monitoring import format_summary, read_last, summarize
-
-    print(f"  requests (last {last} per deployment; the slot's requests.jsonl):")
-    for slot, entry in sorted(record.get("deployments", {}).items()):
-        log = path.parent / slot / "requests.jsonl"
-        label = f"{slot} ({entry['model_name']}:{entry['model_version']})"
-        print(f"    {format_summary(label, summarize(read_last(log, last)))}")
-    return 0
-
-
-def teardown_local(home: Path, name: str | None, delete_model: bool) -> int:
-    try:
-        path, record = find_record(home, name)
-    except EndpointError:
-        if not name:
-            raise
-        path, record = home / "endpoints" / name / MAP_FILE, None
-    models = {entry["model_name"] for entry in (record or {}).get("deployments", {}).values()}
-    if record:
-        stop(path, record)
-    shutil.rmtree(path.parent, ignore_errors=True)
-    print(f"deleted the local endpoint {path.parent.name} ({path.parent})")
-    if delete_model:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-        for model in sorted(models or {configured("register_model", "model_name", "local")}):
-            client.delete_registered_model(model)
-            print(f"deleted the registered model {model} and all its versions")
-    else:
-        print("the registered model stays (--delete-model / DELETE_MODEL=1 deletes it)")
-    return 0
-
-
-# ---- azure -------------------------------------------------------------------------------------------------------
-
-
-def azure_client(ml_client=None):
-    if ml_client is not None:
-        return ml_client
-    from pipelines.azure.client import WorkspaceConfigError, workspace_client
-
-    try:
-        return workspace_client()
-    except WorkspaceConfigError as err:
-        raise EndpointError(str(err)) from None
-
-
-def azure_connection(name: str, ml_client=None) -> dict:
-    url, key = os.environ.get(URL_ENV), os.environ.get(KEY_ENV)
-    if bool(url) != bool(key):
-        missing = KEY_ENV if url else URL_ENV
-        raise EndpointError(f"{missing} is not set: set both {URL_ENV} and {KEY_ENV}, or neither to ask the workspace")
-    if not url:
-        client = azure_client(ml_client)
-        url = client.online_endpoints.get(name).scoring_uri
-        key = client.online_endpoints.get_keys(name).primary_key
-    return {"url": url, "headers": {"Authorization": f"Bearer {key}"}, "label": f"{name} (Azure ML)"}
-
-
-def _state(value) -> str:
-    return str(getattr(value, "value", value))
-
-
-def status_azure(name: str, ml_client=None) -> int:
-    client = azure_client(ml_client)
-    endpoint = client.online_endpoints.get(name)
-    # The SDK reports states as enums (EndpointProvisioningState.SUCCEEDED in an f-string): print their value.
-    print(f"{name}: {endpoint.scoring_uri}  ({_state(endpoint.provisioning_state)})")
-    for deployment in client.online_deployments.list(endpoint_name=name):
-        share = (endpoint.traffic or {}).get(deployment.name, 0)
-        model = (deployment.tags or {}).get("model", deployment.model)
-        print(f"  {deployment.name:<6} {share:>3}%  {model}  {_state(deployment.provisioning_state)}")
-    return (
-        0
-        if _state(endpoint.provisioning_state) == "Succeeded" and live_deployment({"traffic": endpoint.traffic})
-        else 1
-    )
-
-
-def teardown_azure(name: str, delete_model: bool, ml_client=None) -> int:
-    client = azure_client(ml_client)
-    models = {
-        (deployment.tags or {}).get("model", "").split(":")[0]
-        for deployment in client.online_deployments.list(endpoint_name=name)
-    } - {""}
-    print(f"deleting the Azure ML endpoint {name} and its deployments ...", flush=True)
-    client.online_endpoints.begin_delete(name=name).result()
-    print(f"deleted {name}")
-    if delete_model:
-        # azure-ai-ml has no hard delete for model versions; archived ones are hidden and can be restored.
-        for model in sorted(models or {configured("register_model", "model_name", "azure")}):
-            for version in client.models.list(name=model):
-                client.models.archive(name=model, version=version.version)
-            print(f"archived every version of the registered model {model}")
-    else:
-        print("the registered model stays (--delete-model / DELETE_MODEL=1 archives it)")
-    return 0
-
-
-# ---- serverless (pipelines/azure/serverless.py) -----------------------------------------------------------------
-SERVERLESS_URL_ENV, SERVERLESS_KEY_ENV = "CHATFT_SERVERLESS_URL", "CHATFT_SERVERLESS_KEY"
-
-
-def serverless_preset():
-    from pipelines.azure.serverless import SERVERLESS_PRESET, serverless_settings
-
-    settings = load_settings(PROJECT_ROOT / SERVERLESS_PRESET)
-    return settings, serverless_settings(settings)
-
-
-def serverless_connection(name: str, ml_client=None) -> dict:
-    url, key = os.environ.get(SERVERLESS_URL_ENV), os.environ.get(SERVERLESS_KEY_ENV)
-    if bool(url) != bool(key):
-        missing = SERVERLESS_KEY_ENV if url else SERVERLESS_URL_ENV
-        raise EndpointError(f"{missing} is not set: set both, or neither to ask the workspace")
-    if not url:
-        client = azure_client(ml_client)
-        url = client.serverless_endpoints.get(name).scoring_uri
-        key = client.serverless_endpoints.get_keys(name).primary_key
-    return {"url": url, "headers": {"Authorization": f"Bearer {key}"}, "label": f"{name} (serverless)", "api": "openai"}
-
-
-def generate_openai(connection: dict, messages: list[dict], parameters: dict) -> str:
-    """The OpenAI chat-completions shape serverless endpoints take; max_new_tokens is their max_tokens."""
-    from pipelines.azure.serverless import ServerlessError, chat_completions
-
-    body = {"messages": messages, **{k: v for k, v in parameters.items() if k != "max_new_tokens"}}
-    if "max_new_tokens" in parameters:
-        body["max_tokens"] = parameters["max_new_tokens"]
-    key = connection["headers"]["Authorization"].removeprefix("Bearer ")
-    try:
-        return chat_completions(connection["url"], key, body, timeout=REQUEST_TIMEOUT_S)["choices"][0]["message"][
-            "content"
-        ]
-    except ServerlessError as err:
-        raise EndpointError(str(err)) from None
-
-
-def status_serverless(name: str, ml_client=None) -> int:
-    endpoint = azure_client(ml_client).serverless_endpoints.get(name)
-    print(f"{name}: {endpoint.scoring_uri}  ({endpoint.provisioning_state}, model {endpoint.model_id})")
-    return 0 if (endpoint.provisioning_state or "").lower() == "succeeded" else 1
-
-
-def main_serverless(args: argparse.Namespace, ml_client=None) -> int:
-    from pipelines.azure.serverless import teardown
-
-    settings, options = serverless_preset()
-    name = args.name or options.endpoint_name
-    if args.command == "stop":
-        raise EndpointError("stop is local only; `teardown --target serverless` deletes the serverless endpoint")
-    if args.command == "teardown":
-        return teardown(settings, args.delete_subscription, azure_client(ml_client), name=name)
-    if args.command == "status":
-        return status_serverless(name, ml_client)
-    connection = serverless_connection(name, ml_client)
-    return ask(connection, args) if args.command == "ask" else chat(connection, args)
-
-
-# ---- talking to either -------------------------------------------------------------------------------------------
-
-
-def _refusal(response) -> EndpointError:
-    try:
-        reply = response.json()
-    except ValueError:
-        reply = {}
-    detail = reply.get("message") if isinstance(reply, dict) else None
-    return EndpointError(f"HTTP {response.status_code}: {detail or response.text[:300]}")
-
-
-def stream_reply(connection: dict, messages: list[dict], parameters: dict, out=None) -> str:
-    """Ask in the chat-completions shape with ``stream: true``; print each piece as it comes; return the answer."""
-    import requests
-
-    out = out or sys.stdout
-    body = {"messages": messages, "stream": True}
-    names = {"temperature": "temperature", "top_p": "top_p", "max_new_tokens": "max_tokens"}
-    body.update({names[name]: value for name, value in parameters.items()})
-    try:
-        response = requests.post(
-            connection["url"], json=body, headers=connection["headers"], timeout=REQUEST_TIMEOUT_S, stream=True
-        )
-    except requests.ConnectionError:
-        raise EndpointError(f"nothing answers at {connection['url']}; check `make status`") from None
-    with response:
-        if response.status_code != 200:
-            raise _refusal(response)
-        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
-            # An endpoint that answers in one piece (an older score.py): show the whole answer.
-            reply = response.json()
-            answer = reply["output"] if "output" in reply else reply["choices"][0]["message"]["content"]
-            out.write(answer)
-            return answer
-        pieces = []
-        for line in response.iter_lines(decode_unicode=True):
-            if not line or not line.startswith("data: "):
-                continue
-            data = line[len("data: ") :]
-            if data == "[DONE]":
-                break
-            event = json.loads(data)
-            if "error" in event:
-                raise EndpointError(f"the answer broke off: {event['error'].get('message')}")
-            for choice in event.get("choices", []):
-                piece = choice.get("delta", {}).get("content") or ""
-                if piece:
-                    pieces.append(piece)
-                    out.write(piece)
-                    out.flush()
-    return "".join(pieces).strip()
-
-
-def generate(connection: dict, messages: list[dict], parameters: dict) -> str:
-    import requests
-
-    if connection.get("api") == "openai":  # a serverless endpoint
-        return generate_openai(connection, messages, parameters)
-
-    body = {"input_data": {"input_string": messages, "parameters": parameters}}
-    try:
-        response = requests.post(connection["url"], json=body, headers=connection["headers"], timeout=REQUEST_TIMEOUT_S)
-    except requests.ConnectionError:
-        raise EndpointError(f"nothing answers at {connection['url']}; check `make status`") from None
-    try:
-        reply = response.json()
-    except ValueError:
-        reply = {}
-    if response.status_code != 200:
-        raise _refusal(response)
-    return reply["output"]
 
 
 def _parameters(args: argparse.Namespace) -> dict:
@@ -464,43 +146,29 @@ def chat(connection: dict, args: argparse.Namespace) -> int:
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
 
 
-def main(args: argparse.Namespace, ml_client=None) -> int:
+def connect(args: argparse.Namespace, ml_client=None) -> dict:
+    """The endpoint ``ask`` and ``chat`` talk to: url, headers (the key), a label."""
     if args.target == "serverless":
-        return main_serverless(args, ml_client)
+        return serverless_connection(serverless_name(args), ml_client)
     if args.target == "azure":
-        name = args.name or configured("deploy_endpoint", "endpoint_name", "azure")
-        if args.command == "stop":
-            raise EndpointError("stop is local only; `teardown --target azure` deletes the Azure endpoint")
-        if args.command == "teardown":
-            return teardown_azure(name, args.delete_model, ml_client)
-        if args.command == "status":
-            return status_azure(name, ml_client)
-        if args.command == "monitor":
-            raise EndpointError(
-                "monitor is local only; on Azure ML the request records are in Application Insights and the "
-                "model inputs/outputs in the data collector's storage"
-            )
-        connection = azure_connection(name, ml_client)
-    else:
-        home = Path(args.home)
-        if args.command == "teardown":
-            return teardown_local(home, args.name, args.delete_model)
-        path, record = find_record(home, args.name)
-        if args.command == "stop":
-            return stop(path, record)
-        if args.command == "status":
-            return status_local(path, record, args.last)
-        if args.command == "monitor":
-            print(f"{record['endpoint_name']}: {record['url']}")
-            return monitor_local(path, record, args.last)
-        connection = local_connection(record)
-    return ask(connection, args) if args.command == "ask" else chat(connection, args)
+        return azure_connection(azure_name(args), ml_client)
+    return local_connection(find_record(Path(args.home), args.name)[1])
+
+
+def main(args: argparse.Namespace, ml_client=None) -> int:
+    if args.command == "ask":
+        return ask(connect(args, ml_client), args)
+    if args.command == "chat":
+        return chat(connect(args, ml_client), args)
+    if args.target == "serverless":
+        return manage_serverless(args, ml_client)
+    if args.target == "azure":
+        return manage_azure(args, ml_client)
+    return manage_local(args, Path(args.home))
 
 
 if __name__ == "__main__":
     try:
-        sys.exit(main(parse_args()))
-    except EndpointError as err:
-        sys.exit(f"endpoint: {err}")
+        sys.exit(exit_on_error("endpoint", main, parse_args()))
     except KeyboardInterrupt:  # Ctrl-C while waiting for an answer
         sys.exit(130)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +14,8 @@ import pytest
 import requests
 
 from chatft.local_server import DEPLOYMENT_HEADER, NoRoute, Router, live_deployment, route, write_map
+from tests.helpers.http_stubs import serving
+from tests.helpers.servers import staged_server
 
 
 class _Stub(BaseHTTPRequestHandler):
@@ -61,23 +63,15 @@ class _Stub(BaseHTTPRequestHandler):
         pass
 
 
-def _serve(server):
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    return server
-
-
 @pytest.fixture
 def slots():
-    servers = {}
-    for name in ("blue", "green"):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-        server.name, server.seen, server.streams = name, [], []
-        servers[name] = _serve(server)
-    yield {name: server.server_address[1] for name, server in servers.items()}, servers
-    for server in servers.values():
-        server.shutdown()
-        server.server_close()
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name in ("blue", "green"):
+            server = stack.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), _Stub)))
+            server.name, server.seen, server.streams = name, [], []
+            servers[name] = server
+        yield {name: server.server_address[1] for name, server in servers.items()}, servers
 
 
 @pytest.fixture
@@ -91,12 +85,9 @@ def endpoint(tmp_path, slots):
         "traffic": {"blue": 100, "green": 0},
     }
     write_map(path, record)
-    router = _serve(Router(path, 0))
-    router.rng = random.Random(0)
-    url = f"http://127.0.0.1:{router.server_address[1]}"
-    yield url, path, record
-    router.shutdown()
-    router.server_close()
+    with serving(Router(path, 0)) as router:
+        router.rng = random.Random(0)
+        yield f"http://127.0.0.1:{router.server_address[1]}", path, record
 
 
 def test_requests_go_where_the_map_says_and_come_back_unchanged(endpoint):
@@ -232,32 +223,15 @@ def test_a_client_leaving_a_stream_closes_the_slots_connection(endpoint, slots):
 @pytest.fixture(scope="module")
 def live_endpoint(tiny_llama_dir, tmp_path_factory):
     """A slot (serve_local.py + score.py on the tiny Llama, staged as deploy_endpoint stages it) behind a router."""
-    import importlib.util
-    import os
-    import shutil
-
-    component = Path(__file__).resolve().parents[1] / "components" / "deploy_endpoint"
-    spec = importlib.util.spec_from_file_location("serve_local_for_router", component / "serve_local.py")
-    serve_local = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve_local)
     root = tmp_path_factory.mktemp("endpoint")
     home = root / "endpoints" / "chat-ft"  # the layout deploy_endpoint writes under CHATFT_HOME
-    code = home / "blue" / "code"
-    code.mkdir(parents=True)
-    for name in ("score.py", "serve_local.py", "serving.json"):
-        shutil.copy2(component / name, code / name)
-    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "chatft", code / "chatft")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HOME"] = str(home)
-    with serve_local.running_server(tiny_llama_dir, home / "blue" / "server.log", code_dir=code, env=env) as slot:
+    with staged_server(tiny_llama_dir, home / "blue" / "code", home=home) as slot:
         deployment = {"port": slot["port"], "pid": slot["pid"], "model_name": "chat-ft", "model_version": "1"}
         record = {"endpoint_name": "chat-ft", "deployments": {"blue": deployment}, "traffic": {"blue": 100}}
-        router = _serve(Router(home / "endpoint.json", 0))
-        url = f"http://127.0.0.1:{router.server_address[1]}"
-        write_map(home / "endpoint.json", {**record, "url": f"{url}/score", "health_url": f"{url}/"})
-        yield {"url": url, "slot": slot, "root": root}
-        router.shutdown()
-        router.server_close()
+        with serving(Router(home / "endpoint.json", 0)) as router:
+            url = f"http://127.0.0.1:{router.server_address[1]}"
+            write_map(home / "endpoint.json", {**record, "url": f"{url}/score", "health_url": f"{url}/"})
+            yield {"url": url, "slot": slot, "root": root}
 
 
 def _client(live_endpoint):

@@ -41,15 +41,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from chatft.serving.contract import CHAT_ROUTE, ROUTE_HEADER
+from chatft.serving.launch import LAUNCHER, SERVING_FILE
 
-LAUNCHER = "serve_local.py"  # a deployment slot's process; a PID running anything else is not ours
 ROUTER_MODULE = "chatft.local_server"  # the router's process (python -m chatft.local_server)
 MAP_FILE = "endpoint.json"
 DEPLOYMENT_HEADER = "azureml-model-deployment"  # Azure ML's header: pins a request / names who answered
 LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT_S = 15
 FORWARD_TIMEOUT_S = 600  # a long CPU generation: 1024 tokens at ~18 tokens/s is ~60 s; generous for a slow box
-SERVING_FILE = "serving.json"  # a slot's serving settings, in <endpoint>/<slot>/code/
 ROUTER_MAX_BODY_BYTES = 16 * 1024 * 1024  # the router's own bound, when a slot's serving.json cannot be read
 DRAIN_BYTES = 64 * 1024 * 1024  # a refused body up to this size is read and dropped, so the client sees the answer
 # Paths the router serves -> the slot's path. The OpenAI route goes to the server's one scoring route, /score,

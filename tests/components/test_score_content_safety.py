@@ -7,7 +7,6 @@ service down with fail_closed and with fail_open.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from chatft.serving.generation import Completion
+from tests.helpers.components import load_script
 from tests.helpers.fake_content_safety import ContentSafetySimulation, FakeCredential
 
 COMPONENT = Path(__file__).resolve().parents[2] / "components" / "deploy_endpoint"
@@ -64,9 +65,7 @@ def _init(staged, monkeypatch, endpoint: str, on_unavailable: str = "fail_closed
     monkeypatch.setattr(sys, "path", list(sys.path))
     # The endpoint's managed identity, simulated: the client asks this credential for its bearer token.
     monkeypatch.setattr("chatft.content_safety._default_credential", FakeCredential)
-    spec = importlib.util.spec_from_file_location("score_cs_under_test", root / "score.py")
-    score = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(score)
+    score = load_script("score_cs_under_test", root / "score.py")
     score.init()
     return score
 
@@ -75,14 +74,14 @@ def _stand_in(score, monkeypatch, text: str) -> None:
     """The model's answer, replaced by ``text`` (a fresh Completion per request: run() rewrites a filtered one)."""
     from types import SimpleNamespace
 
-    job = SimpleNamespace(wait=lambda: score.Completion(text, "stop", 9, 8, 1.0, 1))
-    monkeypatch.setattr(score, "answer", lambda chat, prompt: job)
+    job = SimpleNamespace(wait=lambda: Completion(text, "stop", 9, 8, 1.0, 1))
+    monkeypatch.setattr(score._app, "answer", lambda chat, prompt: job)
 
 
 def test_pass_then_block_on_prompt_then_block_on_answer(staged, monkeypatch):
     with ContentSafetySimulation() as sim:
         score = _init(staged, monkeypatch, sim.endpoint)
-        assert score._guard.enabled
+        assert score._app.guard.enabled
         status, body, headers = _request(score, _seed("How do I reset my router?"))
         assert status == 200 and "content_filter" not in body
         assert headers["x-chatft-content-filter"] == "answer passed"
@@ -108,8 +107,8 @@ def test_pass_then_block_on_prompt_then_block_on_answer(staged, monkeypatch):
         chat = {"messages": [{"role": "user", "content": "How do I reset my router?"}], "max_tokens": 6}
         status, body, _ = _request(score, chat)
         assert status == 200 and body["choices"][0]["finish_reason"] == "content_filter"
-        assert body["choices"][0]["message"]["content"] == score._guard.screen.settings.refusal
-        assert score._guard.stats()["blocked_prompt"] == 1 and score._guard.stats()["blocked_answer"] == 2
+        assert body["choices"][0]["message"]["content"] == score._app.guard.screen.settings.refusal
+        assert score._app.guard.stats()["blocked_prompt"] == 1 and score._app.guard.stats()["blocked_answer"] == 2
 
 
 def test_service_down_fail_closed_answers_503(staged, monkeypatch):

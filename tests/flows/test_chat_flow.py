@@ -6,26 +6,19 @@ against the tool's real signature here, and the tool runs on its fallback ``@too
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers.components import load_script
+from tests.helpers.servers import component_server
+
 REPO = Path(__file__).resolve().parents[2]
 FLOW = REPO / "flows" / "chat"
-COMPONENT = REPO / "components" / "deploy_endpoint"
-
-
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +28,7 @@ def dag() -> dict:
 
 @pytest.fixture(scope="module")
 def tool_module():
-    return _load(FLOW / "chat_endpoint.py", "chat_endpoint_under_test")
+    return load_script("chat_endpoint_under_test", FLOW / "chat_endpoint.py")
 
 
 def test_dag_is_a_chat_flow(dag):
@@ -89,13 +82,11 @@ def test_history_becomes_messages_in_order(tool_module):
 @pytest.fixture(scope="module")
 def endpoint(tiny_llama_dir, tmp_path_factory):
     """score.py served from components/deploy_endpoint (chatft through PYTHONPATH) on a free loopback port."""
-    serve_local = _load(COMPONENT / "serve_local.py", "serve_local_for_flow_test")
     root = tmp_path_factory.mktemp("flow_endpoint")
     model_dir = root / "chat-ft" / "1"  # name/version, as the server expects of AZUREML_MODEL_DIR
     model_dir.parent.mkdir()
     model_dir.symlink_to(tiny_llama_dir, target_is_directory=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HOME": str(root)}
-    with serve_local.running_server(model_dir, root / "server.log", env=env) as running:
+    with component_server(model_dir, home=root) as running:
         yield running
 
 

@@ -8,7 +8,6 @@ The local half (status, ask, chat, stop, teardown against real servers) is in te
 from __future__ import annotations
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from pipelines import endpoint
 from pipelines.settings import PROJECT_ROOT, load_settings
 from tests.helpers.azure_endpoints import EndpointSimulation, simulated_endpoints
+from tests.helpers.http_stubs import send_json, serving
 
 KEY = "s3cret-endpoint-key"
 
@@ -32,12 +32,7 @@ class _KeyedEndpoint(BaseHTTPRequestHandler):
             text = f"reply to {turns[-1]['content']!r} after {len(turns) - 1} turns"
             chat = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
             status, reply = 200, chat if "messages" in body else {"output": text}
-        data = json.dumps(reply).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, reply)
 
     def log_message(self, *args):
         pass
@@ -45,11 +40,8 @@ class _KeyedEndpoint(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def scoring_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeyedEndpoint)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/score"
-    server.shutdown()
-    server.server_close()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _KeyedEndpoint)) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}/score"
 
 
 @pytest.fixture(autouse=True)

@@ -57,3 +57,13 @@ def load_serving_settings(path: str | os.PathLike) -> dict[str, Any]:
     if settings["request_timeout_ms"] <= 2 * settings["generation_timeout_s"] * 1000:
         raise ValueError(f"{path}: request_timeout_ms must exceed 2 x generation_timeout_s (one batch ahead + its own)")
     return settings
+
+
+def server_environment(settings: dict[str, Any]) -> dict[str, str]:
+    """Environment variables that make azureml-inference-server-http serve with ``settings`` (from serving.json).
+
+    WORKER_COUNT is the server's own; it passes no thread count to gunicorn, but gunicorn reads extra flags from
+    GUNICORN_CMD_ARGS, and more than one thread switches its sync worker to the threaded one (gthread). The local
+    launcher (serve_local.py) and an Azure deployment set the same variables, so both serve alike.
+    """
+    return {"WORKER_COUNT": str(settings["worker_count"]), "GUNICORN_CMD_ARGS": f"--threads {settings['threads']}"}
