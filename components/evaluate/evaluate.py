@@ -14,7 +14,6 @@ tokens, and the gate also checks that the tuned model does not regress against i
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
@@ -26,8 +25,6 @@ from chatft import safety_eval
 from chatft.errors import UsageError
 
 SPEC = Path(__file__).with_name("component.yml")
-# Beside this script in a step's snapshot (additional_includes); in the repository, in register_model/.
-CHAMPION_MODULE = ("champion.py", "../register_model/champion.py")
 # The shipped safety set: beside this script in a snapshot (additional_includes), else data/safety/ in the repository.
 SAFETY_SET = ("safety", "../../data/safety")
 
@@ -333,17 +330,6 @@ def quality_gate(metrics: dict, args: argparse.Namespace, champion: dict) -> dic
     }
 
 
-def _champion_module():
-    here = Path(__file__).resolve().parent
-    path = next((here / p for p in CHAMPION_MODULE if (here / p).is_file()), None)
-    if path is None:
-        raise EvalError(f"champion.py not found beside {here} (additional_includes of component.yml)")
-    spec = importlib.util.spec_from_file_location("champion", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def find_champion(model_name: str | None) -> dict:
     """The registered champion of ``model_name``: {"name", "version", "run_id", "model_uri"}, or {"skipped": why}.
 
@@ -355,9 +341,9 @@ def find_champion(model_name: str | None) -> dict:
     import mlflow
     from mlflow import MlflowClient
 
-    champion = _champion_module()
-    registry = mlflow.get_registry_uri()
-    version = champion.get_champion(MlflowClient(), model_name, champion.on_azure(registry))
+    from chatft.registry import get_champion, on_azure
+
+    version = get_champion(MlflowClient(), model_name, on_azure(mlflow.get_registry_uri()))
     if version is None:
         return {"skipped": f"no version of registered model {model_name!r} is champion yet"}
     return {

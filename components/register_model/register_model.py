@@ -16,7 +16,7 @@ overhead. The cost is storage: each version holds a full copy of the weights (53
 A failed quality gate stops the step before anything is registered (the evaluate step's run records why), so
 deploy_endpoint never sees that model. Otherwise the version is registered with tags for lineage (step and pipeline
 run, data fingerprint, base model, method, eval.* metrics, gate verdict) and ``MODEL_CARD.md`` stored with the model
-(artifact ``model_card``). A version whose gate passed gets the ``champion`` alias (``champion.py``: a tag on Azure
+(artifact ``model_card``). A version whose gate passed gets the ``champion`` alias (``chatft.registry``: a tag on Azure
 ML, or on any registry without the alias route); one registered without a gate (stand-alone use) stays a candidate.
 Writes ``model_info/model_info.json`` (name, version, model_uri, run_id, tags, quality_gate, champion) and
 ``model_info/MODEL_CARD.md``.
@@ -207,10 +207,11 @@ def main(args: argparse.Namespace) -> dict:
     requirements = _pins()
 
     import mlflow
-    from champion import get_champion, on_azure, set_champion
     from mlflow import MlflowClient
     from mlflow.models import Model
     from model_card import render
+
+    from chatft.registry import get_champion, on_azure, set_champion
 
     promote = bool(gate and gate["passed"])
     with mlflow.start_run() as run, tempfile.TemporaryDirectory(prefix="register_model-") as tmp:
