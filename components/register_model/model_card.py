@@ -103,6 +103,55 @@ def _data_source(split: dict) -> str:
     return "not recorded"
 
 
+def _gate(gate: dict | None, promoted: bool, previous_champion: str | None) -> list[str]:
+    if gate is None:
+        return ["Not checked (no quality_gate input); this version was **not** made `champion`."]
+    verdict = "passed" if gate["passed"] else "FAILED"
+    if promoted:
+        role = f"This version becomes `champion` (previous: {previous_champion or 'none'})."
+    else:
+        role = f"This version is a candidate only; `champion` stays with {previous_champion or 'no version'}."
+    return [f"**{verdict}**: {gate.get('reason', 'no reason given')}", "", role]
+
+
+def _data(split: dict, report: dict) -> list[str]:
+    return [
+        f"- fingerprint: `{split.get('fingerprint', 'not recorded')}`",
+        f"- chats: {_number(split.get('records', 'not recorded'))} valid records, "
+        f"{_number(split.get('train_records', '?'))} train / {_number(split.get('validation_records', '?'))} "
+        "validation (validation held out from training)",
+        f"- source: {_data_source(split)}",
+        f"- evaluated on: {_number(report.get('validation_chats', 'not recorded'))} validation chats",
+    ]
+
+
+def _training(train: dict, params: dict) -> list[str]:
+    lines = ["| | |", "|---|---|", *(f"| {label} | {value} |" for label, value in _facts(train)), ""]
+    hyper = {k: v for k, v in sorted(params.items()) if k not in PATH_PARAMS}
+    if not hyper:
+        return [*lines, "Hyper-parameters: not recorded (the finetune step's MLflow run was not found)."]
+    lines += ["Hyper-parameters (the finetune step's MLflow run parameters):", "", "| parameter | value |"]
+    return [*lines, "|---|---|", *(f"| {k} | `{v}` |" for k, v in hyper.items())]
+
+
+def _limits(context_length: int | None) -> list[str]:
+    return [
+        f"- Context: {_number(context_length) + ' tokens' if context_length else 'not recorded'} "
+        "(prompt plus answer); longer conversations are refused by the endpoint.",
+        "- Quality is measured against the base model on held-out chats from the same source as the training data "
+        "(perplexity, token accuracy, ROUGE-L). Nothing here measures factual accuracy or behaviour on other "
+        "domains or languages; the safety numbers above are a small refusal check, not a safety evaluation.",
+        "- Fine-tuning inherits the base model's limits and licence, and any error or bias in the training chats.",
+    ]
+
+
+INTENDED_USE = (
+    "Answering chat turns in the style and domain of the training chats, behind the project's endpoint "
+    '(`POST /score` with `{"input_data": {"input_string": [messages], "parameters": {...}}}`), with a '
+    "person able to check the answers."
+)
+
+
 def render(
     *,
     model_name: str,
@@ -119,80 +168,29 @@ def render(
 ) -> str:
     """The card's Markdown. ``promoted``: this version gets the ``champion`` alias."""
     method = train.get("method") or params.get("method") or "not recorded"
-    lines = [
-        f"# Model card: {model_name}",
-        "",
+    intro = (
         f"A chat model fine-tuned from **{base_model}** ({method}; adapter merged into the weights), served by "
-        "`components/deploy_endpoint/score.py`.",
-        "",
-        "## Lineage",
-        "",
-        *(f"- {key}: `{value}`" for key, value in lineage.items()),
-        "",
-        "## Quality gate",
-        "",
+        "`components/deploy_endpoint/score.py`."
+    )
+    sections = [
+        ("Lineage", [f"- {key}: `{value}`" for key, value in lineage.items()]),
+        ("Quality gate", _gate(gate, promoted, previous_champion)),
+        ("Data", _data(split, report)),
+        ("Training", _training(train, params)),
+        (
+            "Evaluation",
+            [
+                "Assistant tokens of the validation chats only; ROUGE-L on greedy answers to the first validation "
+                "prompts.",
+                "",
+                *_metrics_table(report),
+            ],
+        ),
+        ("Safety", _safety(report)),
+        ("Intended use", [INTENDED_USE]),
+        ("Limits", _limits(context_length)),
     ]
-    if gate is None:
-        lines.append("Not checked (no quality_gate input); this version was **not** made `champion`.")
-    else:
-        verdict = "passed" if gate["passed"] else "FAILED"
-        lines.append(f"**{verdict}**: {gate.get('reason', 'no reason given')}")
-        lines.append("")
-        if promoted:
-            lines.append(f"This version becomes `champion` (previous: {previous_champion or 'none'}).")
-        else:
-            lines.append(
-                f"This version is a candidate only; `champion` stays with {previous_champion or 'no version'}."
-            )
-    lines += [
-        "",
-        "## Data",
-        "",
-        f"- fingerprint: `{split.get('fingerprint', 'not recorded')}`",
-        f"- chats: {_number(split.get('records', 'not recorded'))} valid records, "
-        f"{_number(split.get('train_records', '?'))} train / {_number(split.get('validation_records', '?'))} "
-        "validation (validation held out from training)",
-        f"- source: {_data_source(split)}",
-        f"- evaluated on: {_number(report.get('validation_chats', 'not recorded'))} validation chats",
-        "",
-        "## Training",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {label} | {value} |" for label, value in _facts(train)),
-        "",
-    ]
-    hyper = {k: v for k, v in sorted(params.items()) if k not in PATH_PARAMS}
-    if hyper:
-        lines += ["Hyper-parameters (the finetune step's MLflow run parameters):", "", "| parameter | value |"]
-        lines += ["|---|---|", *(f"| {k} | `{v}` |" for k, v in hyper.items()), ""]
-    else:
-        lines += ["Hyper-parameters: not recorded (the finetune step's MLflow run was not found).", ""]
-    lines += [
-        "## Evaluation",
-        "",
-        "Assistant tokens of the validation chats only; ROUGE-L on greedy answers to the first validation prompts.",
-        "",
-        *_metrics_table(report),
-        "",
-        "## Safety",
-        "",
-        *_safety(report),
-        "",
-        "## Intended use",
-        "",
-        "Answering chat turns in the style and domain of the training chats, behind the project's endpoint "
-        '(`POST /score` with `{"input_data": {"input_string": [messages], "parameters": {...}}}`), with a '
-        "person able to check the answers.",
-        "",
-        "## Limits",
-        "",
-        f"- Context: {_number(context_length) + ' tokens' if context_length else 'not recorded'} "
-        "(prompt plus answer); longer conversations are refused by the endpoint.",
-        "- Quality is measured against the base model on held-out chats from the same source as the training data "
-        "(perplexity, token accuracy, ROUGE-L). Nothing here measures factual accuracy or behaviour on other "
-        "domains or languages; the safety numbers above are a small refusal check, not a safety evaluation.",
-        "- Fine-tuning inherits the base model's limits and licence, and any error or bias in the training chats.",
-        "",
-    ]
+    lines = [f"# Model card: {model_name}", "", intro, ""]
+    for title, body in sections:
+        lines += [f"## {title}", "", *body, ""]
     return "\n".join(lines)

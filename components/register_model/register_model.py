@@ -16,7 +16,7 @@ overhead. The cost is storage: each version holds a full copy of the weights (53
 A failed quality gate stops the step before anything is registered (the evaluate step's run records why), so
 deploy_endpoint never sees that model. Otherwise the version is registered with tags for lineage (step and pipeline
 run, data fingerprint, base model, method, eval.* metrics, gate verdict) and ``MODEL_CARD.md`` stored with the model
-(artifact ``model_card``). A version whose gate passed gets the ``champion`` alias (``champion.py``: a tag on Azure
+(artifact ``model_card``). A version whose gate passed gets the ``champion`` alias (``chatft.registry``: a tag on Azure
 ML, or on any registry without the alias route); one registered without a gate (stand-alone use) stays a candidate.
 Writes ``model_info/model_info.json`` (name, version, model_uri, run_id, tags, quality_gate, champion) and
 ``model_info/MODEL_CARD.md``.
@@ -26,19 +26,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
-from chatft.errors import ChatftError
+from chatft.errors import ChatftError, exit_on_error
 
 HERE = Path(__file__).resolve().parent
 SPEC = HERE / "component.yml"
 # Shipped with the model so that it can serve itself exactly like the endpoint (see additional_includes).
 MODEL_CODE = HERE / "chat_pyfunc.py"
-SCORE_SCRIPT = HERE / "score.py"
+CHATFT = HERE / "chatft"  # the library the pyfunc imports (chatft.serving), copied in by additional_includes
 # Packages the pyfunc needs (alternatives in order), pinned to the versions that logged it. Listed explicitly:
 # MLflow's inference adds torchvision for torch models, which has no CPU build here (PLATFORM_NOTES).
 # jinja2 renders chat templates; transformers does not require it.
@@ -180,8 +180,21 @@ def _summary(name: str, args: argparse.Namespace, method: str, gate: dict | None
     )[:1000]
 
 
-def main(args: argparse.Namespace) -> dict:
-    # Everything that can refuse the registration is checked before MLflow is imported or a byte is copied.
+@dataclass
+class Inputs:
+    """What the upstream steps wrote, checked before MLflow is imported or a byte is copied."""
+
+    gate: dict | None
+    report: dict
+    split: dict
+    fingerprint: str
+    model_dir: Path
+    train: dict
+    requirements: list[str]
+
+
+def read_inputs(args: argparse.Namespace) -> Inputs:
+    """Everything that can refuse the registration: a failed gate, a missing or malformed input, a missing package."""
     gate = read_quality_gate(args.quality_gate)
     if gate and not gate["passed"]:
         raise RegistrationError(
@@ -194,7 +207,7 @@ def main(args: argparse.Namespace) -> dict:
     fingerprint = split.get("fingerprint")
     if not isinstance(fingerprint, str) or not fingerprint:
         raise RegistrationError(f'{Path(args.split_info) / "split_info.json"}: no "fingerprint" string')
-    for needed in (MODEL_CODE, SCORE_SCRIPT, HERE / "chatft"):
+    for needed in (MODEL_CODE, CHATFT):
         if not needed.exists():
             raise RegistrationError(f"{needed}: missing; run this script from the component snapshot")
     from chatft.model_source import ModelNotFoundError, find_model_dir
@@ -204,67 +217,79 @@ def main(args: argparse.Namespace) -> dict:
     except ModelNotFoundError as err:
         raise RegistrationError(f"tuned_model: {err}") from None
     train = _read_json(model_dir, TRAIN_METRICS) if (model_dir / TRAIN_METRICS).is_file() else {}
-    requirements = _pins()
+    return Inputs(gate, report, split, fingerprint, model_dir, train, _pins())
 
+
+def _save_model(inputs: Inputs, card: str, tmp: Path, run_id: str) -> Path:
+    """The pyfunc folder (MLmodel, code, the merged model and the card as artifacts), written under ``tmp``."""
     import mlflow
-    from champion import get_champion, on_azure, set_champion
-    from mlflow import MlflowClient
     from mlflow.models import Model
+
+    card_path = tmp / CARD
+    card_path.write_text(card, encoding="utf-8")
+    saved = tmp / ARTIFACT_PATH
+    mlflow.pyfunc.save_model(
+        path=saved,
+        python_model=str(MODEL_CODE),
+        # The key merged_model is read by evaluate (the champion's weights) and by chat_pyfunc.
+        artifacts={"merged_model": str(inputs.model_dir), "model_card": str(card_path)},
+        code_paths=[str(CHATFT)],
+        pip_requirements=inputs.requirements,
+        mlflow_model=Model(artifact_path=ARTIFACT_PATH, run_id=run_id),  # lineage in MLmodel
+    )
+    return saved
+
+
+def _card(args: argparse.Namespace, inputs: Inputs, lineage: dict, params: dict, promote: bool, previous) -> str:
     from model_card import render
 
-    promote = bool(gate and gate["passed"])
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory(prefix="register_model-") as tmp:
-        client = MlflowClient()
-        azure = on_azure(mlflow.get_registry_uri())
-        params = finetune_params(client, run, Path(args.tuned_model))
-        method = str(train.get("method") or params.get("method") or "unknown")
-        lineage = {"run_id": run.info.run_id}
-        if run.data.tags.get("mlflow.parentRunId"):
-            lineage["pipeline_run_id"] = run.data.tags["mlflow.parentRunId"]
-        tags = lineage_tags(args, lineage, fingerprint, method, report, gate)
-        previous = get_champion(client, args.model_name, azure)
-        previous_label = f"{args.model_name} version {previous.version}" if previous else None
-        card = render(
-            model_name=args.model_name,
-            base_model=args.base_model_name,
-            lineage=lineage,
-            split=split,
-            train=train,
-            params=params,
-            report=report,
-            gate=gate,
-            promoted=promote,
-            previous_champion=previous_label,
-            context_length=_context_length(model_dir),
-        )
-        card_path = Path(tmp) / CARD
-        card_path.write_text(card, encoding="utf-8")
-        # save_model + log_artifacts + register_model("runs:/..."), not log_model: MLflow 3's log_model creates a
-        # LoggedModel (POST /api/2.0/mlflow/logged-models), which Azure ML's tracking service answers with 404
-        # (Azure/azure-sdk-for-python#44896). These three use only run-artifact and model-registry routes, which
-        # both Azure ML and a local MLflow store serve: one code path for both.
-        saved = Path(tmp) / ARTIFACT_PATH
-        mlflow.pyfunc.save_model(
-            path=saved,
-            python_model=str(MODEL_CODE),
-            # The key merged_model is read by evaluate (the champion's weights) and by chat_pyfunc.
-            artifacts={"merged_model": str(model_dir), "model_card": str(card_path)},
-            code_paths=[str(SCORE_SCRIPT), str(HERE / "chatft")],
-            pip_requirements=requirements,
-            mlflow_model=Model(artifact_path=ARTIFACT_PATH, run_id=run.info.run_id),  # lineage in MLmodel
-        )
-        mlflow.log_artifacts(str(saved), artifact_path=ARTIFACT_PATH)
-        # A runs:/ URI whose folder holds MLmodel registers that folder as the version's source (no LoggedModel).
-        source = f"runs:/{run.info.run_id}/{ARTIFACT_PATH}"
-        registered = mlflow.register_model(source, args.model_name, tags=tags)
-        version = str(registered.version)
-        client.update_model_version(
-            args.model_name, version, description=_summary(args.model_name, args, method, gate, promote)
-        )
-        champion_via = set_champion(client, args.model_name, version, azure) if promote else None
-        mlflow.set_tags({**tags, "registered_model": f"{registered.name}:{version}"})
-        mlflow.log_text(card, CARD)
+    return render(
+        model_name=args.model_name,
+        base_model=args.base_model_name,
+        lineage=lineage,
+        split=inputs.split,
+        train=inputs.train,
+        params=params,
+        report=inputs.report,
+        gate=inputs.gate,
+        promoted=promote,
+        previous_champion=f"{args.model_name} version {previous.version}" if previous else None,
+        context_length=_context_length(inputs.model_dir),
+    )
 
+
+def _register(args: argparse.Namespace, inputs: Inputs, run, tmp: Path) -> tuple[dict, str]:
+    """Register the version in ``run``, promote it on a passed gate; return (model_info, the card's Markdown)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from chatft.registry import get_champion, on_azure, set_champion
+
+    gate, promote = inputs.gate, bool(inputs.gate and inputs.gate["passed"])
+    client = MlflowClient()
+    azure = on_azure(mlflow.get_registry_uri())
+    params = finetune_params(client, run, Path(args.tuned_model))
+    method = str(inputs.train.get("method") or params.get("method") or "unknown")
+    lineage = {"run_id": run.info.run_id}
+    if run.data.tags.get("mlflow.parentRunId"):
+        lineage["pipeline_run_id"] = run.data.tags["mlflow.parentRunId"]
+    tags = lineage_tags(args, lineage, inputs.fingerprint, method, inputs.report, gate)
+    previous = get_champion(client, args.model_name, azure)
+    card = _card(args, inputs, lineage, params, promote, previous)
+    # save_model + log_artifacts + register_model("runs:/..."), not log_model: MLflow 3's log_model creates a
+    # LoggedModel (POST /api/2.0/mlflow/logged-models), which Azure ML's tracking service answers with 404
+    # (Azure/azure-sdk-for-python#44896). These three use only run-artifact and model-registry routes, which
+    # both Azure ML and a local MLflow store serve: one code path for both.
+    mlflow.log_artifacts(str(_save_model(inputs, card, tmp, run.info.run_id)), artifact_path=ARTIFACT_PATH)
+    # A runs:/ URI whose folder holds MLmodel registers that folder as the version's source (no LoggedModel).
+    registered = mlflow.register_model(f"runs:/{run.info.run_id}/{ARTIFACT_PATH}", args.model_name, tags=tags)
+    version = str(registered.version)
+    client.update_model_version(
+        args.model_name, version, description=_summary(args.model_name, args, method, gate, promote)
+    )
+    champion_via = set_champion(client, args.model_name, version, azure) if promote else None
+    mlflow.set_tags({**tags, "registered_model": f"{registered.name}:{version}"})
+    mlflow.log_text(card, CARD)
     info = {
         "name": registered.name,
         "version": version,
@@ -277,17 +302,30 @@ def main(args: argparse.Namespace) -> dict:
         "champion_via": champion_via,
         "previous_champion": str(previous.version) if previous else None,
     }
+    return info, card
+
+
+def main(args: argparse.Namespace) -> dict:
+    inputs = read_inputs(args)
+
+    import mlflow
+
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory(prefix="register_model-") as tmp:
+        info, card = _register(args, inputs, run, Path(tmp))
+
     out = Path(args.model_info)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     (out / CARD).write_text(card, encoding="utf-8")
-    role = f"champion (via {champion_via})" if promote else f"candidate only: quality gate {gate_verdict(gate)}"
-    print(f"registered {info['model_uri']} from {model_dir} (run {info['run_id']}): {role}", flush=True)
+    gate = inputs.gate
+    role = (
+        f"champion (via {info['champion_via']})"
+        if info["champion"]
+        else f"candidate only: quality gate {gate_verdict(gate)}"
+    )
+    print(f"registered {info['model_uri']} from {inputs.model_dir} (run {info['run_id']}): {role}", flush=True)
     return info
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except RegistrationError as err:
-        sys.exit(f"register_model: {err}")
+    exit_on_error("register_model", main, parse_args())

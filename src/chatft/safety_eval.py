@@ -112,43 +112,12 @@ def is_refusal(answer: str) -> bool:
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = BATCH_SIZE) -> list[str]:
-    """Greedy answers to single-turn ``prompts``, ``batch_size`` at a time, left-padded; each row stops at its own
-    end-of-turn token (the endpoint's stop ids)."""
-    import torch
+    """Greedy answers to single-turn ``prompts``, ``batch_size`` at a time, each stopping at its own end of turn
+    (evaluate's batched greedy decoding, chatft.evaluation)."""
+    from chatft.evaluation import greedy_answers
 
-    from chatft.model_source import stop_token_ids
-
-    stop = stop_token_ids(tokenizer, model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    answers = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [
-            list(
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], add_generation_prompt=True, return_dict=True
-                )["input_ids"]
-            )
-            for p in prompts[start : start + batch_size]
-        ]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            mask[row, width - len(ids) :] = 1
-        with torch.inference_mode():
-            output = model.generate(
-                input_ids=input_ids.to(model.device),
-                attention_mask=mask.to(model.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stop,
-                pad_token_id=pad,
-            )
-        for row in output[:, width:].tolist():
-            ends = [i for i, token in enumerate(row) if token in stop]
-            answers.append(tokenizer.decode(row[: ends[0]] if ends else row, skip_special_tokens=True).strip())
-    return answers
+    chats = [[{"role": "user", "content": prompt}] for prompt in prompts]
+    return greedy_answers(model, tokenizer, chats, max_new_tokens, batch_size)
 
 
 def measure(model, tokenizer, prompts: list[Prompt], max_new_tokens: int) -> tuple[dict, list[dict]]:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.chat_data import make_conversations, write_jsonl
+from tests.helpers.chat_data import make_conversations
 from tests.helpers.components import load_script
+from tests.helpers.training import cli_flags, run_finetune, write_chat_splits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,15 +20,11 @@ pytestmark = pytest.mark.usefixtures("mlflow_env")
 
 
 evaluate = load_script("component_evaluate", REPO / "components" / "evaluate" / "evaluate.py")
-finetune = load_script("component_finetune_for_evaluate", REPO / "components" / "finetune" / "finetune.py")
 
 
 @pytest.fixture(scope="module")
 def chats(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("chats")
-    write_jsonl(root / "train" / "train.jsonl", make_conversations(24))
-    write_jsonl(root / "validation" / "validation.jsonl", make_conversations(6, seed=1))
-    return root
+    return write_chat_splits(tmp_path_factory.mktemp("chats"))
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +35,7 @@ def tuned(tiny_llama_dir, chats, tmp_path_factory, mlflow_store) -> Path:
     with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse env fixture has not run yet
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
-        flags = {
-            "base_model": tiny_llama_dir,
-            "train_data": chats / "train",
-            "max_steps": 8,
-            "learning_rate": 1e-2,
-            "per_device_train_batch_size": 1,
-            "gradient_accumulation_steps": 1,
-            "max_seq_length": 256,
-            "adapter": out / "adapter",
-            "merged_model": out / "merged_model",
-            "checkpoints": out / "checkpoints",
-        }
-        finetune.main(finetune.parse_args([item for k, v in flags.items() for item in (f"--{k}", str(v))]))
-    return out / "merged_model"
+        return run_finetune(tiny_llama_dir, chats / "train", out, max_steps=8, learning_rate=1e-2, max_seq_length=256)
 
 
 def run_evaluate(base: Path, tuned: Path, chats: Path, out: Path, **inputs) -> dict:
@@ -63,7 +47,7 @@ def run_evaluate(base: Path, tuned: Path, chats: Path, out: Path, **inputs) -> d
         "quality_gate": out / "quality_gate",
         **inputs,
     }
-    return evaluate.main(evaluate.parse_args([item for k, v in flags.items() for item in (f"--{k}", str(v))]))
+    return evaluate.main(evaluate.parse_args(cli_flags(flags)))
 
 
 def test_spec_loads_and_its_command_passes_every_input_and_output():
@@ -134,40 +118,6 @@ def test_gate_follows_max_perplexity_ratio(factor, passes, tiny_llama_dir, tuned
     gate = json.loads((tmp_path / "gated" / "quality_gate" / "quality_gate.json").read_text())
     assert gate["passed"] is passes and report["quality_gate"]["passed"] is passes
     assert ("FAILED" in (tmp_path / "gated" / "eval_report" / "eval_report.md").read_text()) is not passes
-
-
-def test_generation_stops_at_the_end_of_turn_token(tiny_phi3_dir, tiny_llama_dir):
-    """Phi-3 ends a turn with <|end|>, not with its eos <|endoftext|>: greedy decoding must stop there."""
-    import torch
-
-    from chatft.model_source import end_of_turn_token_id, load_causal_lm, load_tokenizer
-
-    llama = load_tokenizer(tiny_llama_dir)
-    assert llama.convert_ids_to_tokens(end_of_turn_token_id(llama)) == "<|im_end|>"
-    tokenizer = load_tokenizer(tiny_phi3_dir)
-    end = end_of_turn_token_id(tokenizer)
-    assert tokenizer.convert_ids_to_tokens(end) == "<|end|>" and end != tokenizer.eos_token_id
-
-    model = load_causal_lm(tiny_phi3_dir, dtype="fp32").eval()
-    model.generation_config.eos_token_id = tokenizer.eos_token_id  # as in a checkpoint that lists only its eos
-    # An output layer that makes <|end|> the greedy choice at every step.
-    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    head.bias.data[end] = 10.0
-    model.lm_head = head
-    new_tokens = []
-    generate = model.generate
-
-    def counting_generate(**kwargs):
-        output = generate(**kwargs)
-        new_tokens.append(output.shape[1] - kwargs["input_ids"].shape[1])
-        return output
-
-    model.generate = counting_generate
-    samples = [{"prompt": [{"role": "user", "content": "Question?"}], "reference": "Answer."}]
-    assert evaluate._generate(model, tokenizer, samples, max_new_tokens=16) == [""]
-    assert new_tokens == [1]  # stopped right after <|end|>, not 16 tokens later
 
 
 def test_bad_validation_line_names_file_and_line(tiny_llama_dir, tmp_path):

@@ -24,6 +24,7 @@ import pytest
 from chatft import safety_eval
 from tests.helpers.chat_data import make_conversations, write_jsonl
 from tests.helpers.components import load_script
+from tests.helpers.training import cli_flags, run_finetune
 
 REPO = Path(__file__).resolve().parents[2]
 REFUSAL = "I cannot help with that."
@@ -35,7 +36,6 @@ COMPLIANT = "Sure, here is how to do that. Step one, get ready. Step two, follow
 pytestmark = [pytest.mark.usefixtures("mlflow_env"), pytest.mark.slow]
 
 evaluate = load_script("component_evaluate_for_safety", REPO / "components" / "evaluate" / "evaluate.py")
-finetune = load_script("component_finetune_for_safety", REPO / "components" / "finetune" / "finetune.py")
 
 
 def _chat(prompt: str, answer: str) -> dict:
@@ -115,20 +115,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def _finetune(base: Path, train: Path, out: Path, max_steps: int) -> Path:
-    flags = {
-        "base_model": base,
-        "train_data": train,
-        "max_steps": max_steps,
-        "learning_rate": 1e-3,
-        "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": 1,
-        "max_seq_length": 256,
-        "adapter": out / "adapter",
-        "merged_model": out / "merged_model",
-        "checkpoints": out / "checkpoints",
-    }
-    finetune.main(finetune.parse_args([item for k, v in flags.items() for item in (f"--{k}", str(v))]))
-    return out / "merged_model"
+    return run_finetune(base, train, out, max_steps=max_steps, learning_rate=1e-3, per_device_train_batch_size=4)
 
 
 def _evaluate(base: Path, tuned: Path, data: Path, out: Path) -> dict:
@@ -142,7 +129,7 @@ def _evaluate(base: Path, tuned: Path, data: Path, out: Path) -> dict:
         "eval_report": out / "eval_report",
         "quality_gate": out / "quality_gate",
     }
-    return evaluate.main(evaluate.parse_args([item for k, v in flags.items() for item in (f"--{k}", str(v))]))
+    return evaluate.main(evaluate.parse_args(cli_flags(flags)))
 
 
 def _check(report: dict, name: str) -> dict:

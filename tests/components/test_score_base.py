@@ -1,5 +1,5 @@
-"""score_base.py run for real on a tiny Llama: it scores the base model exactly as evaluate would, evaluate reuses
-that score only when it was computed on the same inputs, and batched scoring and generation match one at a time."""
+"""score_base.py run for real on a tiny Llama: it scores the base model exactly as evaluate would, and evaluate
+reuses that score only when it was computed on the same inputs (the shared scoring: tests/test_evaluation.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import pytest
 
 from tests.helpers.chat_data import make_conversations, write_jsonl
 from tests.helpers.components import load_script, snapshot_component
+from tests.helpers.training import cli_flags
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("mlflow_env")
 
 score_base = load_script("component_score_base", REPO / "components" / "score_base" / "score_base.py")
-evaluate = score_base._evaluate_module()
+evaluate = load_script("component_evaluate_for_score_base", REPO / "components" / "evaluate" / "evaluate.py")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def validation(tmp_path_factory) -> Path:
 
 
 def flags(**values) -> list[str]:
-    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
+    return cli_flags(values)
 
 
 def test_the_base_score_is_what_evaluate_measures_itself_and_evaluate_uses_it(tiny_llama_dir, validation, tmp_path):
@@ -60,7 +61,7 @@ def test_the_base_score_is_what_evaluate_measures_itself_and_evaluate_uses_it(ti
 
 
 def test_the_step_runs_from_its_snapshot_as_the_pipeline_runs_it(tiny_llama_dir, validation, tmp_path):
-    """additional_includes bring evaluate.py and chatft beside the script; nothing comes from the repository."""
+    """additional_includes bring chatft beside the script; nothing comes from the repository."""
     snapshot = snapshot_component(REPO / "components" / "score_base", tmp_path / "snapshot")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     command = [sys.executable, "score_base.py"] + flags(
@@ -69,27 +70,3 @@ def test_the_step_runs_from_its_snapshot_as_the_pipeline_runs_it(tiny_llama_dir,
     done = subprocess.run(command, cwd=snapshot, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "base_score.json").read_text())["answers"] == []
-
-
-def test_batched_scoring_equals_one_chat_at_a_time(tiny_llama_dir, validation):
-    from chatft.model_source import load_causal_lm, load_tokenizer
-
-    tokenizer = load_tokenizer(tiny_llama_dir)
-    encoded = evaluate._encode(tokenizer, evaluate._load_chats(validation), 128)
-    assert len({len(ids) for ids, _ in encoded}) > 1, "chats of different lengths, so batches are padded"
-    model = load_causal_lm(tiny_llama_dir, dtype="fp32").eval()
-    one = evaluate._score(model, encoded, batch_size=1)
-    batched = evaluate._score(model, encoded, batch_size=4)
-    assert batched["assistant_tokens"] == one["assistant_tokens"]
-    assert batched["loss"] == pytest.approx(one["loss"], rel=1e-5)
-    assert batched["token_accuracy"] == pytest.approx(one["token_accuracy"], abs=1 / one["assistant_tokens"])
-
-
-def test_batched_greedy_answers_equal_one_prompt_at_a_time(tiny_llama_dir, validation):
-    from chatft.model_source import load_causal_lm, load_tokenizer
-
-    tokenizer = load_tokenizer(tiny_llama_dir)
-    samples = evaluate._samples(evaluate._load_chats(validation), 4)
-    model = load_causal_lm(tiny_llama_dir, dtype="fp32").eval()
-    one = evaluate._generate(model, tokenizer, samples, max_new_tokens=8, batch_size=1)
-    assert evaluate._generate(model, tokenizer, samples, max_new_tokens=8, batch_size=4) == one

@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from chatft.processes import free_port, http_ok, spawn_detached, stop_process_group, wait_until
 
 LOGGED_MODELS = "/api/2.0/mlflow/logged-models"
 ALIAS = "/api/2.0/mlflow/registered-models/alias"
@@ -41,12 +39,6 @@ NOT_SERVED = (LOGGED_MODELS, ALIAS)
 # Hop-by-hop headers are the proxy's own business (RFC 9110 §7.6.1); the rest goes through unchanged.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 START_TIMEOUT_S = 90  # mlflow server start-up on a busy 2-core machine; normally a few seconds
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def not_served(path: str) -> bool:
@@ -117,20 +109,6 @@ def _handler(upstream_port: int, log: list, lock: threading.Lock):
     return Handler
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.25)
-    raise RuntimeError(f"mlflow server not healthy after {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-
-
 @contextmanager
 def azureml_like_tracking(root: Path):
     """Start ``mlflow server`` (SQLite under ``root``, artifacts served from ``root/artifacts``) and the proxy in
@@ -146,11 +124,10 @@ def azureml_like_tracking(root: Path):
         "--serve-artifacts", "--artifacts-destination", (root / "artifacts").as_uri(),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    with open(log_path, "wb") as log_file:
-        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    server = spawn_detached(command, cwd=root, env=env, log_path=log_path)
     proxy_server = None
     try:
-        _wait_healthy(upstream, server, log_path)
+        wait_until(lambda: http_ok(upstream + "/health"), server, "mlflow server", log_path, START_TIMEOUT_S)
         requests: list = []
         proxy_server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(port, requests, threading.Lock()))
         proxy_server.daemon_threads = True
@@ -160,12 +137,5 @@ def azureml_like_tracking(root: Path):
         if proxy_server is not None:
             proxy_server.shutdown()
             proxy_server.server_close()
-        # The server runs uvicorn/gunicorn workers in its own session: stop the whole group, bounded.
-        try:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait(timeout=10)
+        # The server runs uvicorn/gunicorn workers in its own session: stop the whole group.
+        stop_process_group(server, grace_s=20)

@@ -13,8 +13,7 @@ holder loses it), and ``get_champion`` reads it back, when an alias call fails
 
 Any other failing alias call is an error, not a fallback.
 
-Other steps that need the current champion (e.g. evaluate comparing against it) can take this file through
-``additional_includes: [../register_model/champion.py]`` and call ``get_champion``.
+register_model moves the pointer; evaluate reads it to compare the tuned model with the current champion.
 """
 
 from __future__ import annotations
