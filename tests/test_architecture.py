@@ -7,6 +7,7 @@ is ever imported by a test.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -89,9 +90,11 @@ def test_no_component_ships_or_loads_another_components_files():
             target = (spec_path.parent / include).resolve()
             if target.is_relative_to(COMPONENTS):
                 offending.append(f"{spec_path.relative_to(ROOT)}: additional_includes {include}")
+    folders = sorted(component_modules())
     for path in python_files(COMPONENTS):
         text = path.read_text(encoding="utf-8")
-        if "spec_from_file_location" in text or '"../' in text:
+        others = "|".join(re.escape(name) for name in folders if name != path.parent.name)
+        if "spec_from_file_location" in text or re.search(rf"\.\./({others})\b", text):
             offending.append(f"{path.relative_to(ROOT)}: loads a file by path")
     assert not offending
 
@@ -112,9 +115,21 @@ def sys_path_edits(path: Path) -> list[int]:
     return sorted(lines)
 
 
+# The file Azure ML's inference server loads by path: the server puts only its app root on sys.path (on Azure ML
+# the code folder's parent), so the script adds its own folder to import the chatft shipped beside it.
+SYS_PATH_EXCEPTIONS = {ROOT / "components" / "deploy_endpoint" / "score.py"}
+
+
 def test_no_code_outside_tests_edits_sys_path():
-    offending = [f"{p.relative_to(ROOT)}:{line}" for p in python_files(*PRODUCT_CODE) for line in sys_path_edits(p)]
+    offending = [
+        f"{p.relative_to(ROOT)}:{line}"
+        for p in python_files(*PRODUCT_CODE)
+        if p not in SYS_PATH_EXCEPTIONS
+        for line in sys_path_edits(p)
+    ]
     assert not offending
+    # An exception that no longer edits sys.path comes off the list.
+    assert all(sys_path_edits(p) for p in SYS_PATH_EXCEPTIONS)
 
 
 def test_the_sys_path_check_sees_an_edit(tmp_path):

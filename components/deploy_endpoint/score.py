@@ -38,8 +38,6 @@ if (HERE / "chatft").is_dir() and str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from chatft.serving.app import ChatApp, Stream  # noqa: E402
-from chatft.serving.contract import parse_request  # noqa: E402,F401  (register_model's pyfunc imports it from here)
-from chatft.serving.generation import ChatGenerator  # noqa: E402,F401  (likewise)
 
 try:
     from azureml_inference_server_http.api.aml_request import rawhttp
