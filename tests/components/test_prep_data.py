@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chatft.errors import exit_on_error
 from tests.helpers.components import load_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,9 +39,10 @@ def run_prep(out: Path, *flags: str) -> tuple[int, list[bytes], list[bytes], dic
             "--split_info", str(out / "split_info"),
         ]
     )  # fmt: skip
-    exit_code = prep_data.main(args)
-    if exit_code != 0:
-        return exit_code, [], [], {}
+    try:
+        exit_code = exit_on_error("prep_data", prep_data.main, args)
+    except SystemExit as exit:
+        return exit.code, [], [], {}
     train = (out / "train" / "train.jsonl").read_bytes()
     validation = (out / "validation" / "validation.jsonl").read_bytes()
     info = json.loads((out / "split_info" / "split_info.json").read_text())
@@ -341,7 +343,7 @@ def test_a_hub_dataset_that_is_not_cached_offline_is_a_clear_error(tmp_path, mon
 
     assert exit_code == 2
     err = capsys.readouterr().err
-    assert f"prep_data: error: {HUB_NAME} [train_sft[:1%]] at revision {PINNED}: cannot load it:" in err
+    assert f"prep_data: {HUB_NAME} [train_sft[:1%]] at revision {PINNED}: cannot load it:" in err
 
 
 def test_hugging_face_dataset_without_messages_column(tmp_path, monkeypatch, capsys):
