@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chatft.chat_format import RULES
+from chatft.errors import exit_on_error
 from tests.helpers.chat_data import make_conversations, write_jsonl
 from tests.helpers.components import load_script
 
@@ -85,6 +87,14 @@ class Result:
     rejected: list[dict]
 
 
+def run_main(args) -> int:
+    """The exit code the command line gives: main's 0, or the code of the error it raised."""
+    try:
+        return exit_on_error("validate_chat_jsonl", validate_chat_jsonl.main, args)
+    except SystemExit as exit:
+        return exit.code
+
+
 def run_validator(tmp_path: Path, input_data: Path, *flags: str) -> Result:
     out = tmp_path / "out"
     args = validate_chat_jsonl.parse_args(
@@ -96,7 +106,7 @@ def run_validator(tmp_path: Path, input_data: Path, *flags: str) -> Result:
             *flags,
         ]
     )  # fmt: skip
-    exit_code = validate_chat_jsonl.main(args)
+    exit_code = run_main(args)
     report = json.loads((out / "report" / "data_report.json").read_text())
     markdown = (out / "report" / "data_report.md").read_text()
     assert markdown.startswith("# Data report")
@@ -153,7 +163,7 @@ def test_mixed_file_keeps_good_lines_byte_for_byte_and_rejects_each_rule(tmp_pat
     # Every rule has a crafted file in this module: the error rules here, duplicate and leakage in
     # test_leakage_from_reference_and_duplicates, too_long in the token counting tests, harmful_* under screen_harmful.
     others = {"duplicate", "leakage", "too_long", "harmful_flagged", "harmful_rejected"}
-    assert set(BAD_LINES) | others == set(validate_chat_jsonl.RULES)
+    assert set(BAD_LINES) | others == set(RULES)
     bot_line = lines.index(BAD_LINES["unknown_role"]) + 1
     message = f'train.jsonl:{bot_line}: message 2 has role "bot"; expected system|user|assistant'
     assert message in result.report["first_errors"]
@@ -499,10 +509,10 @@ def test_a_model_without_a_usable_tokenizer_exits_2_and_writes_nothing(tmp_path,
         + [f"--{name}={tmp_path / name}" for name in ("valid_data", "rejected_data", "data_report")]
     )
 
-    assert validate_chat_jsonl.main(args) == 2
+    assert run_main(args) == 2
 
     err = capsys.readouterr().err
-    assert re.search(r"validate_chat_jsonl: error: base_model: .*(cannot load a tokenizer|no chat template)", err), err
+    assert re.search(r"validate_chat_jsonl: base_model: .*(cannot load a tokenizer|no chat template)", err), err
     assert not list(tmp_path.glob("*_data/*")) and not (tmp_path / "data_report").exists()
 
 
@@ -543,7 +553,7 @@ def test_a_chat_template_that_refuses_a_conversation_names_the_line(tmp_path, ti
         + [f"--{name}={tmp_path / name}" for name in ("valid_data", "rejected_data", "data_report")]
     )
 
-    assert validate_chat_jsonl.main(args) == 2
+    assert run_main(args) == 2
 
     err = capsys.readouterr().err
     assert "train.jsonl:4: the chat template of model fails on this conversation" in err
@@ -575,9 +585,9 @@ def test_unusable_input_exits_2_with_a_message(tmp_path, capsys, make_input):
         ["--input_data", str(make_input(tmp_path))]
         + [f"--{name}={tmp_path / name}" for name in ("valid_data", "rejected_data", "data_report")]
     )
-    assert validate_chat_jsonl.main(args) == 2
+    assert run_main(args) == 2
     assert re.search(
-        r"validate_chat_jsonl: error: .*(no such file or folder|not a \.jsonl file)", capsys.readouterr().err
+        r"validate_chat_jsonl: .*(no such file or folder|not a \.jsonl file)", capsys.readouterr().err
     )
 
 
@@ -795,5 +805,5 @@ def test_screen_harmful_with_the_classifier_down_exits_2(tmp_path, monkeypatch, 
             ["--input_data", str(_screening_input(tmp_path)), "--valid_data", str(tmp_path / "v"),
              "--rejected_data", str(tmp_path / "r"), "--data_report", str(tmp_path / "d"), "--screen_harmful", "keep"]
         )  # fmt: skip
-        assert validate_chat_jsonl.main(args) == 2
-    assert "validate_chat_jsonl: error: HttpResponseError: (ServiceUnavailable)" in capsys.readouterr().err
+        assert run_main(args) == 2
+    assert "validate_chat_jsonl: HttpResponseError: (ServiceUnavailable)" in capsys.readouterr().err
