@@ -308,12 +308,13 @@ def test_auto_precision_follows_the_hardware_and_bf16_trains_on_a_cpu(tiny_llama
     if torch.cuda.is_available():
         pytest.skip("this test is about CPUs")
     from chatft.devices import cpu_multiplies_bf16
+    from chatft.training.config import resolve_precision
 
     native = cpu_multiplies_bf16()
-    assert finetune._resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
-    assert finetune._resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(finetune.ConfigError, match="precision=fp16 needs a CUDA GPU"):
-        finetune._resolve_precision("fp16", "cpu")
+        resolve_precision("fp16", "cpu")
 
     flags = run_args(tiny_llama_dir, chats, tmp_path, validation=False, precision="bf16", max_steps=2)
     metrics = finetune.main(finetune.parse_args(flags))
@@ -392,7 +393,7 @@ def test_qlora_on_cpu_exits_with_a_clear_message(tiny_llama_dir, chats, tmp_path
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # as additional_includes puts chatft beside the script
     command = [sys.executable, "finetune.py", *run_args(tiny_llama_dir, chats, tmp_path, method="qlora")]
     result = subprocess.run(command, cwd=COMPONENT_DIR, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error (chatft.errors.UsageError)
     assert "finetune: method=qlora needs a CUDA GPU" in result.stderr
     assert not (tmp_path / "adapter").exists()
 
