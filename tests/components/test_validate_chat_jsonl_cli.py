@@ -13,21 +13,26 @@ import pytest
 import yaml
 
 from tests.helpers.components import load_script
-from tests.helpers.validate_runs import (  # noqa: F401 (mlflow_run is a fixture)
+from tests.helpers.validate_runs import (
     BAD_LINES,
     COMPONENT_DIR,
     REPO,
     SCRIPT,
     good,
-    mlflow_run,
     run_main,
     run_validator,
+    start_step_run,
     validate_chat_jsonl,
     write,
 )
 
 # Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("mlflow_env")
+
+
+@pytest.fixture
+def mlflow_run(mlflow_store, monkeypatch):
+    return start_step_run(mlflow_store, monkeypatch)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +67,7 @@ def test_thresholds_out_of_range_are_refused(capsys):
     assert "1.5 is outside [0.0, 1.0]" in capsys.readouterr().err
 
 
-def test_counts_and_report_are_logged_to_mlflow(tmp_path, mlflow_run):  # noqa: F811 (a fixture)
+def test_counts_and_report_are_logged_to_mlflow(tmp_path, mlflow_run):
     client, run_id = mlflow_run
     input_file = write(tmp_path / "in" / "train.jsonl", *(good(i) for i in range(10)), BAD_LINES["unknown_role"])
 

@@ -9,20 +9,25 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.chat_data import make_conversations, write_jsonl
-from tests.helpers.validate_runs import (  # noqa: F401 (mlflow_run is a fixture)
+from tests.helpers.validate_runs import (
     ASSISTANT,
     SYSTEM,
     USER,
     good,
-    mlflow_run,
     run_main,
     run_validator,
+    start_step_run,
     validate_chat_jsonl,
     write,
 )
 
 # Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("mlflow_env")
+
+
+@pytest.fixture
+def mlflow_run(mlflow_store, monkeypatch):
+    return start_step_run(mlflow_store, monkeypatch)
 
 
 MAX_SEQ_LENGTH = 64  # the smallest the spec allows; most test chats are shorter, the three padded ones longer
@@ -212,7 +217,7 @@ def test_a_chat_template_that_refuses_a_conversation_names_the_line(tmp_path, ti
     assert not (tmp_path / "data_report" / "data_report.json").exists()  # the step failed: no report says otherwise
 
 
-def test_tokens_are_logged_to_mlflow(tmp_path, mlflow_run, tiny_llama_dir):  # noqa: F811 (a fixture)
+def test_tokens_are_logged_to_mlflow(tmp_path, mlflow_run, tiny_llama_dir):
     client, run_id = mlflow_run
     input_file = write_jsonl(tmp_path / "in" / "train.jsonl", token_chats())
 

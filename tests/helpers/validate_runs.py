@@ -6,8 +6,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from chatft.errors import exit_on_error
 from tests.helpers.components import load_script
 
@@ -56,8 +54,7 @@ BAD_LINES = {
 }
 
 
-@pytest.fixture
-def mlflow_run(mlflow_store, monkeypatch):
+def start_step_run(mlflow_store, monkeypatch):
     """As the local backend does: the step's run exists and MLFLOW_RUN_ID names it (mlflow consumes the variable)."""
     _, client, experiment_id = mlflow_store
     run_id = client.create_run(experiment_id).info.run_id
