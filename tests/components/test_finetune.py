@@ -10,14 +10,7 @@ import pytest
 import yaml
 
 from tests.helpers.chat_data import make_conversations, write_chat_splits, write_jsonl
-from tests.helpers.finetune_runs import (
-    COMPONENT_DIR,
-    PHI3_TARGETS,
-    finetune,
-    latest_run,
-    loss_spans,
-    run_args,
-)
+from tests.helpers.finetune_runs import COMPONENT_DIR, PHI3_TARGETS, finetune, latest_run, loss_spans, run_args
 
 # Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("mlflow_env")

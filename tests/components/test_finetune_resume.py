@@ -13,13 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.chat_data import write_chat_splits
-from tests.helpers.finetune_runs import (
-    COMPONENT_DIR,
-    REPO,
-    finetune,
-    latest_run,
-    run_args,
-)
+from tests.helpers.finetune_runs import COMPONENT_DIR, REPO, finetune, latest_run, run_args
 
 # Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("mlflow_env")

@@ -9,14 +9,7 @@ import random
 import pytest
 
 from chatft.chat_format import RULES
-from tests.helpers.validate_runs import (
-    BAD_LINES,
-    USER,
-    chat,
-    good,
-    run_validator,
-    write,
-)
+from tests.helpers.validate_runs import BAD_LINES, USER, chat, good, run_validator, write
 
 # Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("mlflow_env")

@@ -30,11 +30,6 @@ from tests.helpers.validate_runs import (
 pytestmark = pytest.mark.usefixtures("mlflow_env")
 
 
-@pytest.fixture
-def mlflow_run(mlflow_store, monkeypatch):
-    return start_step_run(mlflow_store, monkeypatch)
-
-
 @pytest.mark.parametrize(
     "make_input", [lambda tmp: tmp / "missing", lambda tmp: write(tmp / "in" / "data.json", good(0))]
 )
@@ -65,6 +60,11 @@ def test_thresholds_out_of_range_are_refused(capsys):
         )
     assert excinfo.value.code == 2
     assert "1.5 is outside [0.0, 1.0]" in capsys.readouterr().err
+
+
+@pytest.fixture
+def mlflow_run(mlflow_store, monkeypatch):
+    return start_step_run(mlflow_store, monkeypatch)
 
 
 def test_counts_and_report_are_logged_to_mlflow(tmp_path, mlflow_run):

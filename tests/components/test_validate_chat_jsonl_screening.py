@@ -9,12 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.chat_data import make_conversations
-from tests.helpers.validate_runs import (
-    run_main,
-    run_validator,
-    validate_chat_jsonl,
-    write,
-)
+from tests.helpers.validate_runs import run_main, run_validator, validate_chat_jsonl, write
 
 # Every MLflow run the scripts start goes to the session's test store (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("mlflow_env")

@@ -25,11 +25,6 @@ from tests.helpers.validate_runs import (
 pytestmark = pytest.mark.usefixtures("mlflow_env")
 
 
-@pytest.fixture
-def mlflow_run(mlflow_store, monkeypatch):
-    return start_step_run(mlflow_store, monkeypatch)
-
-
 MAX_SEQ_LENGTH = 64  # the smallest the spec allows; most test chats are shorter, the three padded ones longer
 
 
@@ -215,6 +210,11 @@ def test_a_chat_template_that_refuses_a_conversation_names_the_line(tmp_path, ti
     assert "train.jsonl:4: the chat template of model fails on this conversation" in err
     assert "System role not supported" in err
     assert not (tmp_path / "data_report" / "data_report.json").exists()  # the step failed: no report says otherwise
+
+
+@pytest.fixture
+def mlflow_run(mlflow_store, monkeypatch):
+    return start_step_run(mlflow_store, monkeypatch)
 
 
 def test_tokens_are_logged_to_mlflow(tmp_path, mlflow_run, tiny_llama_dir):
