@@ -1,12 +1,14 @@
 """Fine-tuning throughput: our finetune step against a plain TRL SFTTrainer, and our share of the machine's FLOPs.
 
-    .venv/bin/python bench/bench_finetune.py                 # 1 warm-up + 4 measured optimizer steps per run
-    .venv/bin/python bench/bench_finetune.py --steps 8 --json outputs/bench/finetune.json
+    .venv/bin/python -m bench.bench_finetune                 # 1 warm-up + 4 measured optimizer steps per run
+    .venv/bin/python -m bench.bench_finetune --steps 8 --json outputs/bench/finetune.json
+
+Run it as a module from the repository root (it imports ``pipelines`` for the preset and the base model).
 
 One script run, one machine, the same model (SmolLM2-135M-Instruct, converted once from the packaged GGUF like
 `make run` does), the same data (data/sample), the same sequence length and the same global batch size:
 
-- ours: components/finetune/finetune.py's own build_trainer() with the finetune settings of
+- ours: finetune's own build_trainer() (chatft/training/trainer.py) with the finetune settings of
   pipelines/config/local.yaml, in the environment the local backend gives a step (its malloc tunables);
 - baseline ("TRL defaults"): `SFTTrainer(model=path, args=SFTConfig(output_dir, use_cpu=True, max_length,
   max_steps), train_dataset, peft_config=LoRA)`: TRL's defaults (8 padded rows per device, 1 accumulation step,
@@ -44,7 +46,6 @@ our step runs in bf16 (precision auto on a CPU with bf16 instructions), the bf16
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -54,16 +55,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "src"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from bench.finetune_report import compare, report
 
+REPO = Path(__file__).resolve().parents[1]
 LOCAL_PRESET = REPO / "pipelines" / "config" / "local.yaml"
-FINETUNE = REPO / "components" / "finetune" / "finetune.py"
+FINETUNE_SPEC = REPO / "components" / "finetune" / "component.yml"
 PROBE_SIZE = 2048
 TRL_DEFAULT_ROWS = 8  # SFTConfig's per_device_train_batch_size default, × 1 accumulation step
-GOALS = {"speedup": 3.0, "flop_fraction": 0.6, "best_gemm_fraction": 0.8}
 BASELINES = ("baseline", "tuned")
 
 
@@ -141,13 +139,7 @@ def matmul_rate(size: int = PROBE_SIZE, repeats: int = 3, dtype: str = "float32"
     import torch
 
     a, b = (torch.randn(size, size).to(getattr(torch, dtype)) for _ in range(2))
-    torch.matmul(a, b)  # first call: allocation and thread start-up
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch.matmul(a, b)
-        seconds.append(time.perf_counter() - started)
-    return 2 * size**3 / statistics.median(seconds)
+    return _median_rate(lambda: torch.matmul(a, b), size, repeats)
 
 
 def numpy_matmul_rate(size: int = PROBE_SIZE, repeats: int = 3) -> float:
@@ -156,11 +148,15 @@ def numpy_matmul_rate(size: int = PROBE_SIZE, repeats: int = 3) -> float:
 
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
-    a @ b
+    return _median_rate(lambda: a @ b, size, repeats)
+
+
+def _median_rate(multiply, size: int, repeats: int) -> float:
+    multiply()  # first call: allocation and thread start-up
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
-        a @ b
+        multiply()
         seconds.append(time.perf_counter() - started)
     return 2 * size**3 / statistics.median(seconds)
 
@@ -189,11 +185,11 @@ def _instrument(trainer, probe: bool) -> list[dict]:
     return steps
 
 
-def _load_finetune():
-    spec = importlib.util.spec_from_file_location("finetune_component", FINETUNE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def finetune_args(flags: list[str]) -> argparse.Namespace:
+    """finetune.py's own flags, parsed as the step parses them (from its component.yml)."""
+    from chatft.component_cli import spec_arg_parser
+
+    return spec_arg_parser(FINETUNE_SPEC).parse_args(flags)
 
 
 def _local_finetune_flags(model: str, data: str, out: Path, max_steps: int, overrides: list[str] = ()) -> list[str]:
@@ -217,25 +213,26 @@ def _local_finetune_flags(model: str, data: str, out: Path, max_steps: int, over
     return [item for name, value in inputs.items() for item in (f"--{name}", str(value))]
 
 
-def _model_flops(trainer) -> dict:
-    """Parameter counts that the FLOP formulas in the module docstring multiply."""
+def model_shape(trainer) -> dict:
+    """What the FLOP formulas multiply. Linear layers are counted as in × out: a 4-bit layer stores half a byte per
+    weight, so its numel() would undercount them."""
     import torch
 
     model = trainer.model
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = causal_lm.base_model
     body = adapters = 0
-    for name, module in backbone.named_modules():
+    for name, module in causal_lm.base_model.named_modules():
         if isinstance(module, torch.nn.Linear):
             if "lora_" in name:
-                adapters += module.weight.numel()
+                adapters += module.in_features * module.out_features
             else:
-                body += module.weight.numel()
+                body += module.in_features * module.out_features
+    head = causal_lm.get_output_embeddings()
     config = causal_lm.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return {
         "body_params": body,
-        "head_params": causal_lm.get_output_embeddings().weight.numel(),
+        "head_params": head.in_features * head.out_features,
         "adapter_params": adapters,
         "attention_width": config.num_attention_heads * head_dim,
         "layers": config.num_hidden_layers,
@@ -243,15 +240,17 @@ def _model_flops(trainer) -> dict:
 
 
 def run_ours(args: argparse.Namespace) -> dict:
-    finetune = _load_finetune()
+    from chatft.training.outputs import precision_used
+    from chatft.training.trainer import build_trainer
+
     data = str(REPO / "data" / "sample")
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as out:
         flags = _local_finetune_flags(args.model, data, Path(out), args.warmup + args.steps, args.overrides)
-        ft_args = finetune.parse_args(flags)
+        ft_args = finetune_args(flags)
         probes_before = [matmul_rate() for _ in range(3)]
         numpy_before = [numpy_matmul_rate() for _ in range(3)]
         bf16_probes = [matmul_rate(dtype="bfloat16") for _ in range(3)]
-        trainer = finetune.build_trainer(ft_args)
+        trainer = build_trainer(ft_args)
         steps = _instrument(trainer, probe=True)
         trainer.train()
     t = trainer.args
@@ -263,8 +262,8 @@ def run_ours(args: argparse.Namespace) -> dict:
         },
         "global_batch_rows": t.per_device_train_batch_size * t.gradient_accumulation_steps * t.world_size,
         "max_length": t.max_length,
-        "precision": "bf16" if t.bf16 else "fp16" if t.fp16 else "fp32",
-        "model": _model_flops(trainer),
+        "precision": precision_used(t),
+        "model": model_shape(trainer),
         "matmul_flops_before": probes_before,
         "numpy_matmul_flops_before": numpy_before,
         "bf16_matmul_flops": statistics.median(bf16_probes),
@@ -288,8 +287,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     from pipelines.settings import load_settings
 
     tuned = args.worker == "tuned"
-    finetune = _load_finetune()
-    ours = finetune.parse_args(_local_finetune_flags(args.model, "unused", Path("unused"), 1))
+    ours = finetune_args(_local_finetune_flags(args.model, "unused", Path("unused"), 1))
     files = sorted(str(p) for p in (REPO / "data" / "sample").glob("*.jsonl"))
     dataset = load_dataset("json", data_files=files, split="train")
     model_type = json.loads((Path(args.model) / "config.json").read_text(encoding="utf-8"))["model_type"]
@@ -353,138 +351,17 @@ def _worker_env(kind: str, baseline_env: str) -> dict[str, str]:
 
 def _run_worker(kind: str, model: Path, args: argparse.Namespace, folder: Path) -> dict:
     result = folder / f"{kind}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--model", str(model)]
+    command = [sys.executable, "-m", "bench.bench_finetune", "--worker", kind, "--model", str(model)]
     command += ["--result", str(result), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     command += [item for override in args.overrides for item in ("--set", override)]
     command += ["--baseline-precision", args.baseline_precision]
     print(f"running {kind} ({args.warmup} warm-up + {args.steps} measured optimizer steps) ...", flush=True)
     started = time.perf_counter()
-    done = subprocess.run(command, env=_worker_env(kind, args.baseline_env), capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO, env=_worker_env(kind, args.baseline_env), capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"bench_finetune: the {kind} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
     return json.loads(result.read_text(encoding="utf-8"))
-
-
-def _measured(run: dict, warmup: int) -> list[dict]:
-    steps = run["steps"][warmup:]
-    if not steps:
-        sys.exit("bench_finetune: no measured steps (the data ran out before the warm-up ended?)")
-    return steps
-
-
-def _totals(steps: list[dict]) -> dict:
-    return {key: sum(s[key] for s in steps) for key in ("seconds", "cpu_seconds", "positions", "real", "labelled")}
-
-
-def step_flops(step: dict, model: dict) -> dict:
-    """FLOPs of one optimizer step of our run, by the formulas in the module docstring."""
-    counted = {
-        "body": 4 * model["body_params"] * step["real"],
-        "head": 4 * model["head_params"] * step["labelled"],
-        "adapters": 6 * model["adapter_params"] * step["real"],
-        "attention": 3 * 4 * model["attention_width"] * model["layers"] * step["pairs"],
-    }
-    shorthand = 4 * (model["body_params"] + model["head_params"]) * step["real"] + counted["attention"]
-    return {"counted": sum(counted.values()), "parts": counted, "shorthand": shorthand}
-
-
-def compare(ours: dict, baselines: dict[str, dict], warmup: int) -> dict:
-    mine = _measured(ours, warmup)
-    a = _totals(mine)
-    fractions, best_fractions, shorthand_fractions = [], [], []
-    for step in mine:
-        flops = step_flops(step, ours["model"])
-        best = max(step["matmul_flops_after"], step["numpy_matmul_flops_after"])
-        fractions.append(flops["counted"] / step["seconds"] / step["matmul_flops_after"])
-        best_fractions.append(flops["counted"] / step["seconds"] / best)
-        shorthand_fractions.append(flops["shorthand"] / step["seconds"] / step["matmul_flops_after"])
-    probes = ours["matmul_flops_before"] + [s["matmul_flops_after"] for s in mine]
-    numpy_probes = ours["numpy_matmul_flops_before"] + [s["numpy_matmul_flops_after"] for s in mine]
-    counted = sum(step_flops(s, ours["model"])["counted"] for s in mine)
-    result = {
-        "ours_tokens_per_second": a["real"] / a["seconds"],
-        "ours_real_token_fraction": a["real"] / a["positions"],
-        "ours_labelled_fraction": a["labelled"] / a["real"],
-        "ours_flops_per_second": counted / a["seconds"],
-        "matmul_flops_per_second": statistics.median(probes),
-        "numpy_matmul_flops_per_second": statistics.median(numpy_probes),
-        "flop_fraction": statistics.median(fractions),
-        "flop_fraction_per_step": fractions,
-        "best_gemm_fraction": statistics.median(best_fractions),
-        "flop_fraction_shorthand": statistics.median(shorthand_fractions),
-        "bf16_matmul_flops_per_second": ours["bf16_matmul_flops"],
-        "ours_tokens_per_step": a["real"] / len(mine),
-        "measured_steps": len(mine),
-    }
-    for name, run in baselines.items():
-        b = _totals(_measured(run, warmup))
-        result[name] = {
-            "tokens_per_second": b["real"] / b["seconds"],
-            "tokens_per_step": b["real"] / len(_measured(run, warmup)),
-            "real_token_fraction": b["real"] / b["positions"],
-            "speedup": (a["real"] / a["seconds"]) / (b["real"] / b["seconds"]),
-            "speedup_cpu_time": (a["real"] / a["cpu_seconds"]) / (b["real"] / b["cpu_seconds"]),
-        }
-    return result
-
-
-LABELS = {"baseline": "TRL defaults", "tuned": "TRL tuned"}
-
-
-def report(ours: dict, baselines: dict[str, dict], result: dict, args: argparse.Namespace) -> None:
-    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").is_file() else "?"
-    print()
-    print(f"same: model, data/sample, max length {ours['max_length']}, {ours['global_batch_rows']} rows per step")
-    changed = f" with {', '.join(args.overrides)}" if args.overrides else ""
-    print(f"ours: local.yaml's finetune section{changed}; precision used: {ours['precision']}")
-    for name, run in baselines.items():
-        note = ""
-        if name == "baseline" and run["changed_from_defaults"].get("bf16") is False:
-            note = " (runs in fp32: bf16 is emulated on this CPU or --baseline-precision fp32 was given)"
-        print(f"{LABELS[name]}: {json.dumps(run['settings'])}{note}")
-    print(f"baseline env: {args.baseline_env}")
-    names = list(baselines)
-    print(f"{'':<22}{'ours':>10}" + "".join(f"{LABELS[n]:>14}" for n in names))
-    print(
-        f"{'real tokens / s':<22}{result['ours_tokens_per_second']:>10.1f}"
-        + "".join(f"{result[n]['tokens_per_second']:>14.1f}" for n in names)
-    )
-    print(
-        f"{'real tokens / step':<22}{result['ours_tokens_per_step']:>10.0f}"
-        + "".join(f"{result[n]['tokens_per_step']:>14.0f}" for n in names)
-    )
-    print(
-        f"{'real-token fraction':<22}{result['ours_real_token_fraction']:>10.3f}"
-        + "".join(f"{result[n]['real_token_fraction']:>14.3f}" for n in names)
-    )
-    for name in names:
-        ok = "meets" if result[name]["speedup"] >= GOALS["speedup"] else "below"
-        print(
-            f"speed-up vs {LABELS[name]}: {result[name]['speedup']:.2f}x wall ({ok} the {GOALS['speedup']}x goal "
-            f"set against TRL defaults), {result[name]['speedup_cpu_time']:.2f}x per CPU second"
-        )
-    print(
-        f"our FLOP rate {result['ours_flops_per_second'] / 1e9:.1f} GFLOP/s; fp32 GEMM 2048^3: torch "
-        f"{result['matmul_flops_per_second'] / 1e9:.1f}, numpy {result['numpy_matmul_flops_per_second'] / 1e9:.1f} "
-        "GFLOP/s (medians of the probes)"
-    )
-    flop_ok = "meets" if result["flop_fraction"] >= GOALS["flop_fraction"] else "BELOW"
-    best_ok = "meets" if result["best_gemm_fraction"] >= GOALS["best_gemm_fraction"] else "BELOW"
-    print(
-        f"FLOP-rate fraction: {result['flop_fraction']:.3f} of torch's fp32 GEMM ({flop_ok} {GOALS['flop_fraction']}); "
-        f"{result['best_gemm_fraction']:.3f} of the best fp32 GEMM ({best_ok} {GOALS['best_gemm_fraction']}); "
-        f"issue shorthand vs torch: {result['flop_fraction_shorthand']:.3f}"
-    )
-    if ours["precision"] == "bf16":
-        bf16_fraction = (
-            result["flop_fraction"] * result["matmul_flops_per_second"] / result["bf16_matmul_flops_per_second"]
-        )
-        print(
-            f"our step multiplies in bf16: the bf16 matmul rate is {result['bf16_matmul_flops_per_second'] / 1e9:.1f} "
-            f"GFLOP/s, and against it the fraction is about {bf16_fraction:.3f}"
-        )
-    print(f"load average at the end: {load} (other processes share the cores: timings are noisy)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -7,8 +7,8 @@ Writes a seeded synthetic chat JSONL file (mostly well-formed multi-turn chats, 
 broken lines, as real exports have), then times, alternating, ``--repeats`` times each:
 
 - bare: ``json.loads`` on every line of the file, nothing else;
-- validate: the component's own ``validate()`` + ``build_report()`` on the same file: every rule but token
-  counting, duplicate detection included, valid_data and rejected.jsonl written.
+- validate: the component's own ``validate()`` + chatft.data_report's ``build_report()`` on the same file: every
+  rule but token counting, duplicate detection included, valid_data and rejected.jsonl written.
 
 It prints the best time of each and their ratio (the goal: at most 2.0), in wall-clock and in CPU time (which other
 processes on a busy machine disturb less), then, given a model (``--model``, or the
@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from chatft.data_report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "components" / "validate_chat_jsonl" / "validate_chat_jsonl.py"
@@ -112,16 +114,10 @@ def bare_pass(path: Path) -> tuple[float, float]:
 
 def validate_pass(component, path: Path, out: Path) -> tuple[float, float, dict]:
     """Wall and CPU seconds of the component's validation (outputs written), and its report."""
-    args = component.parse_args(
-        [
-            "--input_data", str(path),
-            "--valid_data", str(out / "valid"),
-            "--rejected_data", str(out / "rejected"),
-            "--data_report", str(out / "report"),
-        ]
-    )  # fmt: skip
+    outputs = {"valid_data": out / "valid", "rejected_data": out / "rejected", "data_report": out / "report"}
+    args = component.parse_args(["--input_data", str(path), *(f"--{name}={value}" for name, value in outputs.items())])
     wall, cpu = time.perf_counter(), time.process_time()
-    report = component.build_report(component.validate(args), args)
+    report = build_report(component.validate(args), args)
     return time.perf_counter() - wall, time.process_time() - cpu, report
 
 

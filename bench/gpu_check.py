@@ -10,9 +10,9 @@ tokenizer a small byte-level BPE built offline (tests/helpers/tiny_models.py; th
 embedding and LM head, so the matrix work is Phi-3-mini's), the data synthetic chats packed into 2048-token rows.
 
 Each configuration runs in fresh processes through the local backend's launcher (pipelines/local_backend.py, one
-process per GPU with the torch.distributed environment Azure ML sets): components/finetune/finetune.py's
-build_trainer() with the flags below, trainer.train() for --steps optimizer steps, the first --warmup not measured.
-A step is timed from on_step_begin to on_step_end with the GPU synchronised at both ends.
+process per GPU with the torch.distributed environment Azure ML sets): finetune's build_trainer()
+(chatft/training/trainer.py) with the flags below, trainer.train() for --steps optimizer steps, the first --warmup
+not measured. A step is timed from on_step_begin to on_step_end with the GPU synchronised at both ends.
 
 Accounting (matrix multiplies only; a multiply-add is 2 FLOPs), per optimizer step, per process:
     FLOPs = 4 × N × T  +  12 × L × d × P
@@ -39,12 +39,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "src", REPO / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from bench.bench_finetune import model_shape
 
-FINETUNE = REPO / "components" / "finetune" / "finetune.py"
+REPO = Path(__file__).resolve().parents[1]
 # Dense bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets (the SXM parts unless the name says PCIe).
 PEAK_BF16_TFLOPS = {
     "B200": 2250.0,
@@ -212,31 +209,16 @@ def worker(args: argparse.Namespace) -> None:
     import resource
 
     import torch
-    from bench_finetune import CountingCollator
     from transformers import TrainerCallback
 
-    from tests.helpers.components import load_script
+    from bench.bench_finetune import CountingCollator, finetune_args
+    from chatft.training.outputs import precision_used
+    from chatft.training.trainer import build_trainer
 
     method, _, processes = args.worker.partition(":")
     out = args.out / args.worker.replace(":", "-")
     rank = int(os.environ.get("RANK", "0"))
-    finetune = load_script("finetune_component", FINETUNE)
-    flags = {
-        "base_model": args.out / "model",
-        "train_data": args.out / "data",
-        "method": method,
-        "max_steps": args.steps,
-        "per_device_train_batch_size": args.batch,
-        "gradient_accumulation_steps": args.accum,
-        "max_seq_length": args.seq,
-        "save_steps": 1_000_000,
-        "eval_steps": 0,
-        "lora_dropout": 0.0,
-        "adapter": out / "adapter",
-        "merged_model": out / "merged_model",
-        "checkpoints": out / "checkpoints",
-    }
-    trainer = finetune.build_trainer(finetune.parse_args([f"--{k}={v}" for k, v in flags.items()]))
+    trainer = build_trainer(finetune_args([f"--{k}={v}" for k, v in _finetune_flags(args, method, out).items()]))
     cuda = trainer.args.device.type == "cuda"
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
@@ -263,7 +245,7 @@ def worker(args: argparse.Namespace) -> None:
         "world_size": trainer.args.world_size,
         "method": method,
         "device": torch.cuda.get_device_name(trainer.args.device) if cuda else platform.processor() or "cpu",
-        "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
+        "precision": precision_used(trainer.args),
         "attention": model.config._attn_implementation,
         "activation_checkpointing": bool(
             getattr(trainer.args, "activation_checkpointing", False) or trainer.args.gradient_checkpointing
@@ -276,29 +258,22 @@ def worker(args: argparse.Namespace) -> None:
     (out / f"rank_{rank}.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 
-def model_shape(trainer) -> dict:
-    """What the FLOP formula multiplies. Linear layers are counted as in × out: a 4-bit layer stores half a byte per
-    weight, so its numel() would undercount them."""
-    import torch
-
-    model = trainer.model
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = adapters = 0
-    for name, module in causal_lm.base_model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            if "lora_" in name:
-                adapters += module.in_features * module.out_features
-            else:
-                body += module.in_features * module.out_features
-    head = causal_lm.get_output_embeddings()
-    config = causal_lm.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+def _finetune_flags(args: argparse.Namespace, method: str, out: Path) -> dict:
+    """finetune's inputs for one configuration: the built model and data, no checkpoints or validation to time."""
     return {
-        "body_params": body,
-        "head_params": head.in_features * head.out_features,
-        "adapter_params": adapters,
-        "attention_width": config.num_attention_heads * head_dim,
-        "layers": config.num_hidden_layers,
+        "base_model": args.out / "model",
+        "train_data": args.out / "data",
+        "method": method,
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.batch,
+        "gradient_accumulation_steps": args.accum,
+        "max_seq_length": args.seq,
+        "save_steps": 1_000_000,
+        "eval_steps": 0,
+        "lora_dropout": 0.0,
+        "adapter": out / "adapter",
+        "merged_model": out / "merged_model",
+        "checkpoints": out / "checkpoints",
     }
 
 
@@ -348,8 +323,6 @@ def configurations(versions: dict, tiny: bool) -> list[tuple[str, int, str | Non
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipelines.local_backend import run_ranks
-
     started = time.perf_counter()
     versions = check_environment()
     print(f"gpu_check: {json.dumps(versions)}", flush=True)
@@ -376,22 +349,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"gpu_check: {name}: skipped ({skip})", flush=True)
             results.append({"method": method, "processes": processes, "skipped": skip})
             continue
-        folder = args.out / f"{method}-{processes}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("rank_*.json"):
-            stale.unlink()
-        command = [sys.executable, str(Path(__file__).resolve()), f"--worker={method}:{processes}", f"--out={args.out}"]
-        command += [f"--{k}={getattr(args, k)}" for k in ("steps", "warmup", "seq", "batch", "accum")]
-        command += ["--tiny"] if args.tiny else []
-        print(f"gpu_check: {name}: {processes} process(es), log {folder / 'step.log'}", flush=True)
-        code = run_ranks(" ".join(command), REPO, env, folder / "step.log", 1, processes, stream=False)
-        if code != 0:
-            tail = (folder / "step.log").read_text(errors="replace").splitlines()[-20:]
-            print("\n".join(tail), flush=True)
-            results.append({"method": method, "processes": processes, "failed": f"exit {code}"})
-            continue
-        ranks = [json.loads((folder / f"rank_{r}.json").read_text()) for r in range(processes)]
-        results.append(summarise(ranks, args.warmup, peak))
+        results.append(_run_configuration(args, method, processes, env, peak))
     report = {
         "tiny": args.tiny,
         "versions": versions,
@@ -408,6 +366,28 @@ def main(args: argparse.Namespace) -> int:
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print_table(report)
     return 1 if any("failed" in r for r in results) else 0
+
+
+def _run_configuration(args: argparse.Namespace, method: str, processes: int, env: dict, peak: float | None) -> dict:
+    """One configuration's ranks through the local backend's launcher; its summary, or why it failed."""
+    from pipelines.local_backend import run_ranks
+
+    name = f"{method}-{processes}" if processes > 1 else method
+    folder = args.out / f"{method}-{processes}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("rank_*.json"):
+        stale.unlink()
+    command = [sys.executable, "-m", "bench.gpu_check", f"--worker={method}:{processes}", f"--out={args.out}"]
+    command += [f"--{k}={getattr(args, k)}" for k in ("steps", "warmup", "seq", "batch", "accum")]
+    command += ["--tiny"] if args.tiny else []
+    print(f"gpu_check: {name}: {processes} process(es), log {folder / 'step.log'}", flush=True)
+    code = run_ranks(" ".join(command), REPO, env, folder / "step.log", 1, processes, stream=False)
+    if code != 0:
+        tail = (folder / "step.log").read_text(errors="replace").splitlines()[-20:]
+        print("\n".join(tail), flush=True)
+        return {"method": method, "processes": processes, "failed": f"exit {code}"}
+    ranks = [json.loads((folder / f"rank_{r}.json").read_text()) for r in range(processes)]
+    return summarise(ranks, args.warmup, peak)
 
 
 def print_table(report: dict) -> None:

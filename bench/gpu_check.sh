@@ -13,4 +13,5 @@ if [[ -z $python ]]; then
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Stay under 8 minutes: no configuration starts after --budget-seconds (420 s); SIGINT at 470 s stops every rank.
-exec timeout --signal=INT --kill-after=20 470 "$python" bench/gpu_check.py "$@"
+# A module from the repository root: it imports bench.bench_finetune, pipelines and tests.helpers from there.
+exec timeout --signal=INT --kill-after=20 470 "$python" -m bench.gpu_check "$@"

@@ -17,14 +17,13 @@ from chatft.chat_format import (
     ChatValidator,
     Severity,
     check_record,
-    clean_contents,
-    conversation_key,
     format_problem,
     line_key,
     parse_line,
     reference_keys,
     too_long_problem,
 )
+from chatft.conversation_keys import clean_contents, conversation_key
 
 SYSTEM = {"role": "system", "content": "You are the Contoso Fiber support assistant."}
 USER = {"role": "user", "content": "My router light is red."}
@@ -256,7 +255,8 @@ def test_keys_without_xxhash_still_find_duplicates():
     """The inference image imports this module (for ROLES) without xxhash: the stdlib fallback must work too."""
     code = (
         "import sys; sys.modules['xxhash'] = None\n"
-        "from chatft.chat_format import ChatValidator, conversation_key\n"
+        "from chatft.chat_format import ChatValidator\n"
+        "from chatft.conversation_keys import conversation_key\n"
         "assert len(conversation_key(('a', 'b'))) == 16\n"
         "assert conversation_key(('a\\x00b', 'c')) != conversation_key(('a', 'b\\x00c'))\n"
         'v = ChatValidator(); raw = b\'{"messages": [{"role": "user", "content": "a"}, '

@@ -99,17 +99,19 @@ def test_a_mac_uses_mps(monkeypatch):
 
 
 def test_finetune_evaluate_and_serving_ask_this_module():
-    """No second copy of the policy: the three scripts call chatft.devices and decide nothing themselves."""
+    """No second copy of the policy: training, evaluate and serving call chatft.devices and decide nothing themselves;
+    finetune.py leaves both to chatft.training."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "components"
-    scripts = [
-        root / "finetune/finetune.py",
-        root / "evaluate/evaluate.py",
-        root.parent / "src/chatft/serving/generation.py",
+    repo = Path(__file__).resolve().parents[1]
+    asks = [
+        repo / "src/chatft/training/trainer.py",
+        repo / "src/chatft/training/config.py",
+        repo / "components/evaluate/evaluate.py",
+        repo / "src/chatft/serving/generation.py",
     ]
-    for script in scripts:
+    for script in [*asks, repo / "components/finetune/finetune.py"]:
         text = script.read_text(encoding="utf-8")
-        assert "chatft.devices" in text, script
+        assert script not in asks or "chatft.devices" in text, script
         for copy in ("cuda.is_available()", "is_bf16_supported", "/proc/cpuinfo"):
             assert copy not in text, f"{script} decides the device itself ({copy})"

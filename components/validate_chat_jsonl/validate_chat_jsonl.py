@@ -4,9 +4,10 @@
         --valid_data /tmp/v --rejected_data /tmp/r --data_report /tmp/rep \\
         [--base_model outputs/models/SmolLM2-135M-Instruct --max_seq_length 320]
 
-The rules (ids, severities, messages) are in chatft/chat_format.py. Every non-blank line is one record, and every
-record ends up in exactly one place: valid_data (no errors; warnings allowed) or rejected_data/rejected.jsonl, so
-records_in == records_valid + records_rejected. Blank lines are not records; they are counted and skipped.
+The rules (ids, severities, messages) are in chatft/chat_format.py, the report in chatft/data_report.py. Every
+non-blank line is one record, and every record ends up in exactly one place: valid_data (no errors; warnings
+allowed) or rejected_data/rejected.jsonl, so records_in == records_valid + records_rejected. Blank lines are not
+records; they are counted and skipped.
 
 Given base_model, the accepted conversations are tokenized the way training tokenizes them (the model's chat
 template, with the assistant tokens marked as TRL marks them for assistant-only loss), in batches with the fast
@@ -22,29 +23,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 from array import array
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatft.chat_format import (
-    RULES,
-    ChatValidator,
-    LineCheck,
-    Problem,
-    format_problem,
-    reference_keys,
-    too_long_problem,
-)
+from chatft.chat_format import ChatValidator, LineCheck, Problem, reference_keys, too_long_problem
 from chatft.component_cli import spec_arg_parser
 from chatft.content_safety import ContentSafetyUnavailable
+from chatft.data_report import (
+    REJECTED_FILE,
+    SHOWN_PROBLEMS,
+    FileCounts,
+    Tally,
+    build_report,
+    log_to_mlflow,
+    print_summary,
+    raise_if_failed,
+    summarize,
+    write_report,
+)
 from chatft.data_screen import DataScreen
-from chatft.errors import UsageError
+from chatft.errors import UsageError, exit_on_error
 from chatft.jsonl_io import (
     UTF8_BOM,
-    NoJsonlFilesError,
     RangeCopier,
     atomic_writer,
     is_blank,
@@ -54,12 +54,6 @@ from chatft.jsonl_io import (
 )
 
 SPEC_PATH = Path(__file__).with_name("component.yml")
-REJECTED_FILE = "rejected.jsonl"
-REPORT_JSON = "data_report.json"
-REPORT_MD = "data_report.md"
-MESSAGES_PNG = "messages_per_conversation.png"
-TOKENS_PNG = "token_lengths.png"
-SHOWN_PROBLEMS = 20  # problems listed in the report and on the console; the full list is in rejected.jsonl
 TOKEN_BATCH = 256  # conversations per tokenizer call: big enough for the Rust side, small enough to hold in memory
 
 
@@ -69,38 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
-
-
-@dataclass
-class FileCounts:
-    name: str
-    records_in: int = 0
-    records_valid: int = 0
-    records_rejected: int = 0
-    blank_lines_skipped: int = 0
-
-
-@dataclass
-class Tally:
-    """Running counts over all input files; becomes the report."""
-
-    files: list[FileCounts] = field(default_factory=list)
-    records_with_warnings: int = 0  # accepted records that carry a warning
-    records_per_rule: Counter = field(default_factory=Counter)
-    messages_per_conversation: Counter = field(default_factory=Counter)
-    shown_warnings: list[str] = field(default_factory=list)
-    shown_errors: list[str] = field(default_factory=list)
-
-    def note(self, source: str, line_number: int, problems: tuple[Problem, ...]) -> None:
-        """Count a record's problems (once per rule, however many of its messages break it) and show the first."""
-        self.records_per_rule.update({problem.rule for problem in problems})
-        for problem in problems:
-            shown = self.shown_errors if problem.is_error else self.shown_warnings
-            if len(shown) < SHOWN_PROBLEMS:
-                shown.append(format_problem(source, line_number, problem))
-
-    def total(self, attribute: str) -> int:
-        return sum(getattr(counts, attribute) for counts in self.files)
 
 
 class TokenCounter:
@@ -185,7 +147,7 @@ class TokenCounter:
             "assistant_only_loss": self.assistant_mask,
             "records_too_long": self.records_too_long,
             "tokens_cut": self.tokens_cut,
-            "per_conversation": _summarize(lengths),
+            "per_conversation": summarize(lengths),
         }
 
 
@@ -304,272 +266,24 @@ def _rejected_entry(source: str, line_number: int, line: bytes, verdict: LineChe
     return (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _merge_token_warnings(tally: Tally, counter: TokenCounter) -> None:
-    """too_long warnings are found in batches, after the other checks: add them to the counts and shown lists."""
-    tally.records_per_rule["too_long"] += counter.records_too_long
-    tally.records_with_warnings += counter.newly_warned
-    for source, line_number, problem, _ in counter.too_long:
-        if len(tally.shown_warnings) < SHOWN_PROBLEMS:
-            tally.shown_warnings.append(format_problem(source, line_number, problem))
-
-
-def build_report(tally: Tally, args: argparse.Namespace, counter: TokenCounter | None = None) -> dict:
-    if counter is not None:
-        _merge_token_warnings(tally, counter)
-    records_in = tally.total("records_in")
-    records_valid = tally.total("records_valid")
-    records_rejected = tally.total("records_rejected")
-    rejected_fraction = records_rejected / records_in if records_in else 0.0
-    failures = []
-    if rejected_fraction > args.max_rejected_fraction:
-        failures.append(
-            f"{records_rejected} of {records_in} records rejected ({rejected_fraction:.1%}), more than "
-            f"max_rejected_fraction {args.max_rejected_fraction}"
-        )
-    if records_valid < args.min_valid_records:
-        failures.append(f"{records_valid} valid records, fewer than min_valid_records {args.min_valid_records}")
-    return {
-        "input_data": str(args.input_data),
-        "reference_data": str(args.reference_data) if args.reference_data else None,
-        "records_in": records_in,
-        "records_valid": records_valid,
-        "records_rejected": records_rejected,
-        "records_with_warnings": tally.records_with_warnings,
-        "blank_lines_skipped": tally.total("blank_lines_skipped"),
-        "rejected_fraction": rejected_fraction,
-        "rules": {
-            rule.id: {
-                "severity": str(rule.severity),
-                "records": tally.records_per_rule[rule.id],
-                "description": rule.description,
-            }
-            for rule in RULES.values()
-        },
-        "messages_per_conversation": _summarize(list(tally.messages_per_conversation.elements()), by_value=True),
-        "tokens": counter.report() if counter is not None else _no_token_counts(args),
-        "files": [vars(counts) for counts in tally.files],
-        "thresholds": {
-            "max_rejected_fraction": args.max_rejected_fraction,
-            "min_valid_records": args.min_valid_records,
-        },
-        "passed": not failures,
-        "failures": failures,
-        "first_errors": tally.shown_errors,
-        "first_warnings": tally.shown_warnings,
-    }
-
-
-def _no_token_counts(args: argparse.Namespace) -> dict:
-    """The tokens section without a tokenizer: the same keys, unknown values (readers test counted_with)."""
-    keys = ("total", "assistant", "trained_per_epoch", "processed_per_epoch", "assistant_only_loss")
-    return {
-        "counted_with": None,
-        **dict.fromkeys(keys),
-        "max_seq_length": args.max_seq_length,
-        "records_too_long": None,
-        "tokens_cut": None,
-        "per_conversation": None,
-    }
-
-
-def _summarize(values: list[int], by_value: bool = False) -> dict | None:
-    """Min/median/mean/p95/max of a list of counts; ``by_value`` adds how often each value occurs."""
-    if not values:
-        return None
-    values = sorted(values)
-    summary = {
-        "min": values[0],
-        "median": statistics.median(values),
-        "mean": round(statistics.fmean(values), 2),
-        "p95": values[min(len(values) - 1, int(0.95 * len(values)))],
-        "max": values[-1],
-    }
-    if by_value:
-        summary["conversations_by_length"] = {str(value): count for value, count in sorted(Counter(values).items())}
-    return summary
-
-
-def plot_histograms(report: dict, token_lengths: array | None, report_dir: Path) -> list[str]:
-    """PNG histograms of messages per conversation and (with a tokenizer) tokens per conversation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    summary = report["messages_per_conversation"]
-    if summary:
-        by_length = {int(length): count for length, count in summary["conversations_by_length"].items()}
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.bar(list(by_length), list(by_length.values()), width=0.8)
-        ax.set(xlabel="messages per conversation", ylabel="conversations", title="Messages per valid conversation")
-        ax.set_xticks(list(by_length))
-        _save(fig, report_dir / MESSAGES_PNG)
-        written.append(MESSAGES_PNG)
-    if token_lengths:
-        tokens = report["tokens"]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.hist(token_lengths, bins=min(50, max(10, len(set(token_lengths)))))
-        if tokens["max_seq_length"]:
-            ax.axvline(tokens["max_seq_length"], color="tab:red", linestyle="--", label="max_seq_length")
-            ax.legend()
-        ax.set(
-            xlabel=f"tokens with the chat template ({tokens['counted_with']})",
-            ylabel="conversations",
-            title="Tokens per valid conversation",
-        )
-        _save(fig, report_dir / TOKENS_PNG)
-        written.append(TOKENS_PNG)
-    return written
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_writer(path) as handle:
-        fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)
-
-
-def render_markdown(report: dict, images: list[str]) -> str:
-    status = "passed" if report["passed"] else "FAILED"
-    lines = [
-        f"# Data report: {report['input_data']} ({status})",
-        "",
-        "| records in | valid | rejected | with warnings | blank lines skipped |",
-        "|---:|---:|---:|---:|---:|",
-        f"| {report['records_in']} | {report['records_valid']} | {report['records_rejected']} "
-        f"| {report['records_with_warnings']} | {report['blank_lines_skipped']} |",
-        "",
-    ]
-    lines += [f"- **Failed:** {failure}" for failure in report["failures"]]
-    lines += ["", "## Rules", "", "A record that breaks several rules counts once for each.", ""]
-    lines += ["| rule | severity | records | what it means |", "|---|---|---:|---|"]
-    lines += [
-        f"| `{rule}` | {info['severity']} | {info['records']} | {info['description'].replace('|', '&#124;')} |"
-        for rule, info in report["rules"].items()
-    ]
-    lines += _markdown_tokens(report["tokens"], TOKENS_PNG in images)
-    summary = report["messages_per_conversation"]
-    if summary:
-        lines += [
-            "",
-            "## Messages per valid conversation",
-            "",
-            f"min {summary['min']}, median {summary['median']}, mean {summary['mean']}, max {summary['max']}",
-            "",
-        ]
-        if MESSAGES_PNG in images:
-            lines += [f"![messages per conversation]({MESSAGES_PNG})", ""]
-        lines += ["| messages | conversations |", "|---:|---:|"]
-        lines += [f"| {length} | {count} |" for length, count in summary["conversations_by_length"].items()]
-    lines += ["", "## Files", "", "| file | records in | valid | rejected |", "|---|---:|---:|---:|"]
-    lines += [
-        f"| {f['name']} | {f['records_in']} | {f['records_valid']} | {f['records_rejected']} |" for f in report["files"]
-    ]
-    for title, key in (("First errors", "first_errors"), ("First warnings", "first_warnings")):
-        if report[key]:
-            lines += ["", f"## {title}", "", "```", *report[key], "```"]
-    return "\n".join(lines) + "\n"
-
-
-def _markdown_tokens(tokens: dict, with_image: bool) -> list[str]:
-    lines = ["", "## Tokens", ""]
-    if tokens["counted_with"] is None:
-        return lines + ["Not counted: pass base_model (and max_seq_length) to count tokens with its chat template."]
-    trained = "assistant tokens" if tokens["assistant_only_loss"] else "tokens"
-    trained += " within max_seq_length" if tokens["max_seq_length"] else ""
-    lines += [
-        f"Counted with the tokenizer and chat template of `{tokens['counted_with']}`, "
-        f"max_seq_length {tokens['max_seq_length'] or 'not given (nothing cut)'}.",
-        "",
-        "| | tokens |",
-        "|---|---:|",
-        f"| total (valid conversations) | {tokens['total']} |",
-        f"| assistant | {tokens['assistant'] if tokens['assistant'] is not None else 'unknown'} |",
-        f"| processed per epoch (after truncation) | {tokens['processed_per_epoch']} |",
-        f"| **trained per epoch** ({trained}) | **{tokens['trained_per_epoch']}** |",
-        f"| cut by truncation ({tokens['records_too_long']} conversations too long) | {tokens['tokens_cut']} |",
-    ]
-    summary = tokens["per_conversation"]
-    if summary:
-        lines += [
-            "",
-            f"Per conversation: min {summary['min']}, median {summary['median']}, mean {summary['mean']}, "
-            f"p95 {summary['p95']}, max {summary['max']}.",
-        ]
-    if with_image:
-        lines += ["", f"![tokens per conversation]({TOKENS_PNG})"]
-    return lines
-
-
 def main(args: argparse.Namespace) -> int:
+    """Validate, write the outputs and the report, log to MLflow; 0 when the data passes, else an error (exit 1/2)."""
     if args.max_seq_length and not args.base_model:
         print("validate_chat_jsonl: warning: max_seq_length is not checked without base_model (no tokenizer)")
+    counter = TokenCounter(args.base_model, args.max_seq_length) if args.base_model else None
     try:
-        counter = TokenCounter(args.base_model, args.max_seq_length) if args.base_model else None
         tally = validate(args, counter, DataScreen.from_environment(args.screen_harmful))
-    except (NoJsonlFilesError, UsageError, ContentSafetyUnavailable) as exc:
-        print(f"validate_chat_jsonl: error: {exc}", file=sys.stderr)
-        return 2
-    report = build_report(tally, args, counter)
-    images = plot_histograms(report, counter.lengths if counter is not None else None, args.data_report)
-    with atomic_writer(args.data_report / REPORT_JSON) as handle:
-        handle.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
-    with atomic_writer(args.data_report / REPORT_MD) as handle:
-        handle.write(render_markdown(report, images).encode("utf-8"))
-    _log_to_mlflow(report, args.data_report)
-
-    print(
-        f"validate_chat_jsonl: {report['records_in']} records in, {report['records_valid']} valid, "
-        f"{report['records_rejected']} rejected, {report['records_with_warnings']} with warnings"
-    )
-    tokens = report["tokens"]
-    if tokens["counted_with"] is not None:
-        print(
-            f"validate_chat_jsonl: {tokens['total']} tokens ({tokens['counted_with']}), "
-            f"{tokens['trained_per_epoch']} trained per epoch, {tokens['records_too_long']} conversations too long"
-        )
-    for warning in report["first_warnings"]:
-        print(f"warning: {warning}")
-    if report["passed"]:
-        return 0
-    for error in report["first_errors"]:
-        print(error, file=sys.stderr)
-    if report["records_rejected"] > len(report["first_errors"]):
-        print(f"... all {report['records_rejected']} rejected records are in {REJECTED_FILE}", file=sys.stderr)
-    for failure in report["failures"]:
-        print(f"validate_chat_jsonl: failed: {failure}", file=sys.stderr)
-    print(
-        "Fix the lines above (rule ids are explained in chatft/chat_format.py and data_report.md), "
-        "or change --max_rejected_fraction / --min_valid_records.",
-        file=sys.stderr,
-    )
-    return 1
-
-
-def _log_to_mlflow(report: dict, report_dir: Path) -> None:
-    import mlflow
-
-    metrics = {
-        key: report[key]
-        for key in ("records_in", "records_valid", "records_rejected", "records_with_warnings", "rejected_fraction")
-    }
-    metrics.update({f"rule_{rule}": info["records"] for rule, info in report["rules"].items()})
-    tokens = report["tokens"]
-    params = dict(report["thresholds"])
-    if tokens["counted_with"] is not None:
-        params.update(max_seq_length=tokens["max_seq_length"], tokens_counted_with=tokens["counted_with"])
-        for key in ("total", "assistant", "trained_per_epoch", "processed_per_epoch", "cut"):
-            value = tokens["tokens_cut" if key == "cut" else key]
-            if value is not None:
-                metrics[f"tokens_{key}"] = value
-    with mlflow.start_run():
-        mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(str(report_dir), artifact_path="data_report")
+    except ContentSafetyUnavailable as err:  # the screen asked for is not reachable: a setting to fix, exit 2
+        raise UsageError(str(err)) from None
+    if counter is not None:
+        tally.add_too_long(counter.records_too_long, counter.newly_warned, counter.too_long)
+    report = build_report(tally, args, counter.report() if counter is not None else None)
+    write_report(report, counter.lengths if counter is not None else None, args.data_report)
+    log_to_mlflow(report, args.data_report)
+    print_summary(report)
+    raise_if_failed(report)
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    raise SystemExit(exit_on_error("validate_chat_jsonl", main, parse_args()))

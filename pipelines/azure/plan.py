@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from chatft.data import fingerprint, read_local_records, record_digests
 from chatft.errors import ChatftError
 from pipelines import sdk_private
 from pipelines.azure.cli import EXIT_INVALID
@@ -52,15 +53,13 @@ def data_fingerprint(path: Path) -> tuple[str, int]:
     It depends only on the set of records (not file names, order or line endings), so a model's split_info
     names the data asset version it was trained on.
     """
-    prep = prep_data_module()
     try:
-        source = prep.read_local_records(path)
+        source = read_local_records(path)
     except FileNotFoundError as err:  # NoJsonlFilesError included
         raise SubmissionError(f"training data: {err}") from None
     if not source.records:
         raise SubmissionError(f"training data: {path} has no records (only blank lines)")
-    digests = [hashlib.sha256(record).digest() for record in source.records]
-    return prep.fingerprint(digests), len(source.records)
+    return fingerprint(record_digests(source.records)), len(source.records)
 
 
 def with_local_data(settings: RunSettings, data: str) -> RunSettings:

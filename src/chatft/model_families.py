@@ -80,31 +80,25 @@ class ModelFamily:
         return f"azureml://registries/azureml/models/{self.registry_model}/versions/{self.registry_version}"
 
 
+def _phi3_family(name: str, model: str, chat_template: str) -> ModelFamily:
+    """Phi-3 and Phi-3.5 mini share their tokens, roles and registry version; name and template tell them apart."""
+    return ModelFamily(
+        name=name,
+        registry_model=model,
+        registry_version=4,
+        hf_id=f"microsoft/{model}",
+        chat_template=chat_template,
+        training_chat_template=None,
+        end_of_turn="<|end|>",
+        stop_tokens=("<|endoftext|>", "<|assistant|>", "<|end|>"),
+        special_tokens=_PHI3_SPECIAL,
+        token_roles=_PHI3_ROLES,
+    )
+
+
 FAMILIES = {
-    "phi-3-mini-4k": ModelFamily(
-        name="phi-3-mini-4k",
-        registry_model="Phi-3-mini-4k-instruct",
-        registry_version=4,
-        hf_id="microsoft/Phi-3-mini-4k-instruct",
-        chat_template=PHI3_CHAT_TEMPLATE,
-        training_chat_template=None,
-        end_of_turn="<|end|>",
-        stop_tokens=("<|endoftext|>", "<|assistant|>", "<|end|>"),
-        special_tokens=_PHI3_SPECIAL,
-        token_roles=_PHI3_ROLES,
-    ),
-    "phi-3.5-mini": ModelFamily(
-        name="phi-3.5-mini",
-        registry_model="Phi-3.5-mini-instruct",
-        registry_version=4,
-        hf_id="microsoft/Phi-3.5-mini-instruct",
-        chat_template=PHI35_CHAT_TEMPLATE,
-        training_chat_template=None,
-        end_of_turn="<|end|>",
-        stop_tokens=("<|endoftext|>", "<|assistant|>", "<|end|>"),
-        special_tokens=_PHI3_SPECIAL,
-        token_roles=_PHI3_ROLES,
-    ),
+    "phi-3-mini-4k": _phi3_family("phi-3-mini-4k", "Phi-3-mini-4k-instruct", PHI3_CHAT_TEMPLATE),
+    "phi-3.5-mini": _phi3_family("phi-3.5-mini", "Phi-3.5-mini-instruct", PHI35_CHAT_TEMPLATE),
     "phi-4-mini": ModelFamily(
         name="phi-4-mini",
         registry_model="Phi-4-mini-instruct",

@@ -27,3 +27,10 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def write_chat_splits(root: Path) -> Path:
+    """``root`` with train/ (24 chats) and validation/ (6 other chats) folders of chat JSONL, as prep_data writes."""
+    write_jsonl(root / "train" / "train.jsonl", make_conversations(24))
+    write_jsonl(root / "validation" / "validation.jsonl", make_conversations(6, seed=1))
+    return root
