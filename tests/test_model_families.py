@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chatft.model_families import FAMILIES, apply_stop_tokens, family_for_registry_uri, family_for_template
+from chatft.model_families import FAMILIES, family_for_registry_uri, family_for_template
+from chatft.model_source import apply_stop_tokens
 from tests.helpers.chat_data import make_conversations, write_jsonl
 from tests.helpers.components import load_script
 from tests.helpers.tiny_models import build_tiny_model

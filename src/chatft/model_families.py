@@ -4,8 +4,8 @@ LoRA goes.
 
 A tuned chat model that never stops talking has, nearly always, an end-of-turn token that was not trained or not
 served as a stop token. Here both are handled per family: the training template puts ``<|end|>`` inside the
-assistant's loss, and ``apply_stop_tokens`` writes every stop token into the generation config the merged model is
-saved with (which the endpoint and the evaluation read).
+assistant's loss, and ``chatft.model_source.apply_stop_tokens`` writes every stop token into the generation config
+the merged model is saved with (which the endpoint and the evaluation read).
 
 Sources, read 2026-12 (templates written out from them, not downloaded):
 - Phi-3-mini-4k-instruct and Phi-3.5-mini-instruct: the chat templates of their Hugging Face tokenizer_config.json,
@@ -138,18 +138,3 @@ def family_for_template(template: str | None) -> ModelFamily | None:
 def family_for_registry_uri(uri: str) -> ModelFamily | None:
     """The family of an ``azureml://registries/azureml/models/<name>/versions/<n>`` URI, by model name."""
     return next((f for f in FAMILIES.values() if f"/models/{f.registry_model}/versions/" in uri), None)
-
-
-def apply_stop_tokens(model, tokenizer) -> list[int]:
-    """Make ``model.generation_config`` stop on the end of a turn: its own eos ids, the template's end-of-turn token
-    and the family's stop tokens. Returns the ids. A base whose generation config lacks ``<|end|>`` would otherwise
-    ship a merged model that talks past the end of its answer."""
-    from chatft.model_source import stop_token_ids
-
-    ids = set(stop_token_ids(tokenizer, model))
-    family = family_for_template(tokenizer.chat_template)
-    if family:
-        vocab = tokenizer.get_vocab()
-        ids.update(vocab[token] for token in family.stop_tokens if token in vocab)
-    model.generation_config.eos_token_id = sorted(ids)
-    return sorted(ids)

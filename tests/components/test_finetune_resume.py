@@ -117,3 +117,15 @@ def test_qlora_trains_a_step_on_a_gpu(tiny_llama_dir, chats, tmp_path):
         finetune.parse_args(run_args(tiny_llama_dir, chats, tmp_path, validation=False, method="qlora", max_steps=1))
     )
     assert metrics["global_step"] == 1 and metrics["method"] == "qlora" and metrics["train_loss"] > 0
+
+
+def test_a_checkpoint_whose_trainer_state_was_cut_off_counts_as_incomplete(tmp_path):
+    # A SIGKILL while the Trainer writes trainer_state.json (in place) leaves it empty or partial: resuming from it
+    # failed on the JSON. It is removed like a checkpoint with no state at all; the one before it is resumed.
+    folder = tmp_path / "checkpoints"
+    for step, state in ((2, '{"global_step": 2}'), (4, ""), (6, '{"global_st')):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(state, encoding="utf-8")
+    assert finetune.last_complete_checkpoint(folder, remove_incomplete=False) == folder / "checkpoint-2"
+    assert finetune.last_complete_checkpoint(folder) == folder / "checkpoint-2"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2"]

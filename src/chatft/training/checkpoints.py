@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -9,6 +10,18 @@ from pathlib import Path
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Written by the Trainer after the weights, optimizer and RNG state: a checkpoint without it was cut short.
 COMPLETE_MARKER = "trainer_state.json"
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Whether the Trainer finished writing ``checkpoint``: its last file, trainer_state.json, is there and whole.
+
+    The Trainer writes that file in place, not by rename, so a kill during the write leaves it empty or cut off;
+    resuming from it would fail on the JSON (seen when a SIGKILL landed mid-write on a loaded machine)."""
+    try:
+        state = json.loads((checkpoint / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
 
 
 def last_complete_checkpoint(folder: str | Path, remove_incomplete: bool = True) -> Path | None:
@@ -25,10 +38,13 @@ def last_complete_checkpoint(folder: str | Path, remove_incomplete: bool = True)
     )
     complete = []
     for _, path in found:
-        if (path / COMPLETE_MARKER).is_file():
+        if is_complete(path):
             complete.append(path)
         elif remove_incomplete:
-            print(f"finetune: removing {path}: it has no {COMPLETE_MARKER}, the save was cut short", flush=True)
+            print(
+                f"finetune: removing {path}: its {COMPLETE_MARKER} is missing or cut off, the save was cut short",
+                flush=True,
+            )
             shutil.rmtree(path)
     return complete[-1] if complete else None
 

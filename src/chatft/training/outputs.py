@@ -72,8 +72,7 @@ def parameter_counts(model) -> tuple[int, int]:
 
 def save_merged(args: argparse.Namespace, trainer) -> Path:
     """The base's own tokenizer beside the adapter, and the merged model with it in --merged_model."""
-    from chatft.model_families import apply_stop_tokens
-    from chatft.model_source import load_tokenizer
+    from chatft.model_source import apply_stop_tokens, load_tokenizer
 
     adapter, merged = Path(args.adapter), Path(args.merged_model)
     # The base's own tokenizer, stock chat template included (training swapped in one with generation markers).
