@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from chatft.errors import UsageError
-from pipelines.azure.cli import EXIT_INVALID, EXIT_PREFLIGHT, SubmitOptions, azure_parser, settings_or_exit
+from pipelines.azure.cli import PreflightRefused, SubmitOptions, azure_parser, azure_settings, exit_code
 from pipelines.azure.client import connect
 from pipelines.azure.plan import local_data_path, prep_data_module, with_local_data
 from pipelines.sdk_private import rest_field
@@ -491,19 +491,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace, ml_client=None) -> int:
-    settings = settings_or_exit(args)
-    if isinstance(settings, int):
-        return settings
+    """make preflight; the exit codes of pipelines/azure/cli.py (3: a quota shortfall)."""
+    return exit_code("preflight", _main, args, ml_client)
+
+
+def _main(args: argparse.Namespace, ml_client) -> None:
+    settings = azure_settings(args)
     options = SubmitOptions.from_args(args)
     if options.data:
         settings = with_local_data(settings, options.data)
-    if not args.dry_run:
-        ml_client = connect(ml_client)
-        if ml_client is None:
-            return EXIT_INVALID
-    report = run_preflight(settings, None, ml_client=None if args.dry_run else ml_client, options=options)
+    ml_client = None if args.dry_run else connect(ml_client)
+    report = run_preflight(settings, None, ml_client=ml_client, options=options)
     print(report.text)
-    return 0 if report.ok else EXIT_PREFLIGHT
+    if not report.ok:
+        raise PreflightRefused("Preflight failed: the ERROR lines above say what to fix.")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from chatft.errors import ChatftError
+from chatft.errors import UsageError
 from pipelines import sdk_private
-from pipelines.azure.cli import EXIT_INVALID
 from pipelines.settings import PROJECT_ROOT, RunSettings, SettingsError, load_compute, project_path
 
 ENVIRONMENTS_DIR = PROJECT_ROOT / "environments"
@@ -31,7 +30,7 @@ VERSION_DIGITS = 16
 COMPONENT_HASH_DIGITS = 12
 
 
-class SubmissionError(ChatftError, RuntimeError):
+class SubmissionError(UsageError, RuntimeError):
     """Something to fix before submitting (data, an asset version); the message says what and where."""
 
 
@@ -277,16 +276,13 @@ def print_plan(plan: SubmissionPlan, dry_run: bool) -> None:
         print(f"  schedule     {schedule['name']}: '{schedule['cron']}' {schedule['time_zone']} (make schedule)")
 
 
-def prepare(settings: RunSettings, options) -> SubmissionPlan | int:
-    """The plan, validated with the SDK's own checks (the same as at submission); or an exit code after printing
-    why there is none."""
+def prepare(settings: RunSettings, options) -> SubmissionPlan:
+    """The plan, validated with the SDK's own checks (the same as at submission); a SubmissionError says why not."""
     try:
         plan = plan_submission(settings, options.data)
     except (SubmissionError, SettingsError) as err:
-        print(f"Cannot submit: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        raise SubmissionError(f"Cannot submit: {err}") from None
     problems = sdk_private.validation_errors(plan.job)
     if problems:
-        print(f"Pipeline failed azure-ai-ml validation:\n{problems}", file=sys.stderr)
-        return EXIT_INVALID
+        raise SubmissionError(f"Pipeline failed azure-ai-ml validation:\n{problems}")
     return plan
