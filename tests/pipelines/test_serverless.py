@@ -18,6 +18,9 @@ import pytest
 import yaml
 
 from pipelines.azure import serverless
+from pipelines.azure.cli import EXIT_PREFLIGHT
+from pipelines.azure.plan import data_fingerprint
+from pipelines.azure.serverless import cli as serverless_cli
 from pipelines.settings import PROJECT_ROOT, SettingsError, load_settings
 from tests.helpers.chat_data import make_conversations, write_jsonl
 from tests.helpers.serverless_routes import ServerlessRoutes, marketplace_subscription, serverless_endpoint
@@ -41,7 +44,7 @@ def validated(tmp_path: Path, settings, train: int = 12, validation: int = 4) ->
     for split, count, seed in (("train", train, 0), ("validation", validation, 1)):
         path = tmp_path / split / f"{split}.jsonl"
         write_jsonl(path, make_conversations(count, seed=seed))
-        fingerprint, records = serverless.data_fingerprint(path)
+        fingerprint, records = data_fingerprint(path)
         files.append(serverless.ValidatedFile(split, path, fingerprint, records, f"chatft-test-{split}"))
     return serverless.ValidatedData(files[0], files[1], {"fingerprint": "f" * 64})
 
@@ -232,7 +235,7 @@ def test_job_yaml_loads_back_with_the_sdk(tmp_path):
 @pytest.mark.slow
 def test_dry_run_runs_the_data_steps_and_writes_job_and_plan(tmp_path, capsys):
     """The whole `make submit BACKEND=serverless DRY_RUN=1`: prep and validate run locally, nothing goes out."""
-    code = serverless.main(serverless.parse_args(["submit", "--dry-run", "--output-root", str(tmp_path)]))
+    code = serverless_cli.main(serverless_cli.parse_args(["submit", "--dry-run", "--output-root", str(tmp_path)]))
     out = capsys.readouterr().out
     assert code == 0, out
     job = yaml.safe_load((tmp_path / "azure" / "serverless" / "finetuning_job.yml").read_text())
@@ -389,7 +392,7 @@ def test_an_existing_subscription_is_not_created_again(tmp_path, routes):
 def test_a_region_without_the_offer_fails_before_anything_is_created(tmp_path, routes, capsys):
     routes.sim._workspace = lambda default=routes.sim._workspace: {**default(), "location": "westeurope"}
 
-    assert run_submit(make_plan(tmp_path), routes, ServiceRuns(tmp_path), tmp_path) == serverless.EXIT_PREFLIGHT
+    assert run_submit(make_plan(tmp_path), routes, ServiceRuns(tmp_path), tmp_path) == EXIT_PREFLIGHT
     out = capsys.readouterr()
     assert "the workspace is in westeurope" in out.out and "offered only in eastus2" in out.out
     assert [r for r in routes.sim.requests if r.method in ("PUT", "POST", "DELETE")] == [] and routes.sim.blobs == {}
@@ -408,7 +411,7 @@ def test_the_catalog_tag_decides_the_region_when_the_model_has_one(tmp_path, azu
 
 def test_preflight_offline_says_no_gpu_quota_and_estimates_cost(tmp_path):
     plan = make_plan(tmp_path)
-    pricing = serverless.load_json_with_override(serverless.PRICING_FILE, None)
+    pricing = serverless.load_pricing()
     pricing["prices"].update(TEST_PRICING["prices"])
     report = serverless.run_preflight(plan.settings, plan.serverless, plan.data, pricing)
     assert report.ok and "GPU quota: none needed" in report.text
@@ -419,7 +422,7 @@ def test_preflight_offline_says_no_gpu_quota_and_estimates_cost(tmp_path):
 
 def test_preflight_says_when_prices_are_unknown(tmp_path):
     plan = make_plan(tmp_path)
-    pricing = serverless.load_json_with_override(serverless.PRICING_FILE, None)
+    pricing = serverless.load_pricing()
     report = serverless.run_preflight(plan.settings, plan.serverless, plan.data, pricing)
     assert "price unknown (training_per_1k_tokens is null" in report.text and "total: not estimated" in report.text
 
