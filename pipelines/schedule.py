@@ -70,7 +70,7 @@ def create(settings: RunSettings, dry_run: bool, output_root: Path, ml_client=No
     schedule = build_schedule(plan.settings, plan.job)
     print_plan(plan, dry_run)
     if dry_run:
-        print(preflight.run_preflight(plan.settings, plan.data, ml_client=None, options=options).text)
+        print(preflight.run_preflight(plan.settings, plan.data, ml_client=None, options=options, job=plan.job).text)
         path = write_schedule(schedule, plan, output_root)
         print(f"Dry run: schedule written to {path}; nothing was created.")
         return

@@ -30,7 +30,7 @@ def ready_workspace(plan: SubmissionPlan, options: SubmitOptions, ml_client, act
     what is missing. The client to create with; errors say why not, in the words of ``action`` ("Cannot submit:
     ...") and ``nothing_done`` (what a failed preflight left undone)."""
     ml_client = connect(ml_client)
-    report = preflight.run_preflight(plan.settings, plan.data, ml_client=ml_client, options=options)
+    report = preflight.run_preflight(plan.settings, plan.data, ml_client=ml_client, options=options, job=plan.job)
     print(report.text)
     if not report.ok:
         raise PreflightRefused(f"Preflight failed: {nothing_done}")
@@ -78,7 +78,7 @@ def submit_run(settings: RunSettings, output_root: Path, options: SubmitOptions,
     plan = prepare(settings, options)
     print_plan(plan, dry_run)
     if dry_run:
-        report = preflight.run_preflight(plan.settings, plan.data, ml_client=None, options=options)
+        report = preflight.run_preflight(plan.settings, plan.data, ml_client=None, options=options, job=plan.job)
         print(report.text)
         path = write_dry_run(plan, output_root)
         print(f"Dry run: resolved pipeline written to {path}, the plan to {path.with_name('submission_plan.json')};")
