@@ -312,22 +312,27 @@ class AzureRestSimulation(RequestsTransport):
         self._route("PUT", rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)", self._put_job)
         deployments = rf"{ws}/onlineEndpoints/(?P<endpoint>[^/]+)/(?P<kind>deployments)"
         self._route("GET", deployments, self._list)
-        self._route("GET", rf"{deployments}/(?P<name>[^/]+)", self._get)
-        self._route("PUT", rf"{deployments}/(?P<name>[^/]+)", self._put)
-        self._route("DELETE", rf"{deployments}/(?P<name>[^/]+)", self._delete)
-        named = rf"{ws}/(?P<kind>schedules|onlineEndpoints)/(?P<name>[^/]+)"
-        self._route("GET", named, self._get)
-        self._route("PUT", named, self._put)
-        self._route("DELETE", named, self._delete)
-        self._route("GET", rf"{ws}/computes/(?P<name>[^/]+)", self._compute)
-        self._route("GET", rf"{ws}/datastores", lambda r, m: Reply(200, {"value": [self._datastore()]}))
-        self._route("GET", rf"{ws}/datastores/workspaceblobstore", lambda r, m: Reply(200, self._datastore()))
-        self._route("POST", rf"{ws}/datastores/workspaceblobstore/listSecrets", self._datastore_secrets)
-        self._route("GET", rf"{loc}/(?P<kind>mfeOperationsStatus|mfeOperationResults)/(?P<op>[^/]+)", self._poll)
+        self._named_routes(rf"{deployments}/(?P<name>[^/]+)")
+        self._named_routes(rf"{ws}/(?P<kind>schedules|onlineEndpoints)/(?P<name>[^/]+)")
         blob = rf"//{STORAGE_ACCOUNT}\.blob\.core\.windows\.net/(?P<blob>.+)"
-        self._route("PUT", blob, self._put_blob)
-        self._route("HEAD", blob, self._head_blob)
-        self._route("GET", blob, self._get_blob)
+        datastore = rf"{ws}/datastores/workspaceblobstore"
+        for method, pattern, handler in [  # a route table: method, URL pattern, handler
+            ("GET", rf"{ws}/computes/(?P<name>[^/]+)", self._compute),
+            ("GET", rf"{ws}/datastores", lambda r, m: Reply(200, {"value": [self._datastore()]})),
+            ("GET", datastore, lambda r, m: Reply(200, self._datastore())),
+            ("POST", rf"{datastore}/listSecrets", self._datastore_secrets),
+            ("GET", rf"{loc}/(?P<kind>mfeOperationsStatus|mfeOperationResults)/(?P<op>[^/]+)", self._poll),
+            ("PUT", blob, self._put_blob),
+            ("HEAD", blob, self._head_blob),
+            ("GET", blob, self._get_blob),
+        ]:
+            self._route(method, pattern, handler)
+
+    def _named_routes(self, pattern: str, put: Handler | None = None) -> None:
+        """GET, PUT (``put``, else the generic store) and DELETE of a resource whose pattern names kind and name."""
+        self._route("GET", pattern, self._get)
+        self._route("PUT", pattern, put or self._put)
+        self._route("DELETE", pattern, self._delete)
 
     # ---- the workspace and its quota ---------------------------------------------------------------------------
     def _workspace(self) -> dict:

@@ -12,19 +12,12 @@ import pytest
 
 from pipelines.azure import cli, client, plan
 from pipelines.azure import submit as azure_submit
+from pipelines.finetune_pipeline import COMPONENT_NAMES
 from pipelines.settings import PROJECT_ROOT, load_settings
 from tests.helpers.chat_data import make_conversations, write_jsonl
 
 AZURE = PROJECT_ROOT / "pipelines/config/azure.yaml"
-COMPONENTS = [
-    "prep_data",
-    "validate_chat_jsonl",
-    "finetune",
-    "score_base",
-    "evaluate",
-    "register_model",
-    "deploy_endpoint",
-]
+COMPONENTS = list(COMPONENT_NAMES)
 ENVIRONMENTS = ["chatft-cpu", "chatft-inference", "chatft-train"]
 REGISTRY_MODEL = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/4"
 

@@ -9,9 +9,7 @@ which the service logs its losses (written into a local SQLite store, under the 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,9 @@ from pipelines.azure.cli import EXIT_PREFLIGHT
 from pipelines.azure.plan import data_fingerprint
 from pipelines.azure.serverless import cli as serverless_cli
 from pipelines.settings import PROJECT_ROOT, SettingsError, load_settings
+from tests.helpers import loopback_http
 from tests.helpers.chat_data import make_conversations, write_jsonl
+from tests.helpers.loopback_http import JsonHandler
 from tests.helpers.serverless_routes import ServerlessRoutes, marketplace_subscription, serverless_endpoint
 
 PRESET = PROJECT_ROOT / serverless.SERVERLESS_PRESET
@@ -65,40 +65,26 @@ class ChatServer:
         self.requests: list[dict] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.read_json()
                 outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                reply = {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion",
-                    "model": "phi-3-ft",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": "Unplug it for 30 seconds."},
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16},
-                }
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                message = {"role": "assistant", "content": "Unplug it for 30 seconds."}
+                self.send_json(
+                    {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "model": "phi-3-ft",
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                        "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16},
+                    }
+                )
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # port 0: a free one
+        self.server = loopback_http.start(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        loopback_http.stop(self.server)
 
 
 @pytest.fixture
