@@ -36,4 +36,3 @@ def start(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
 def stop(server: ThreadingHTTPServer) -> None:
     server.shutdown()
     server.server_close()
-
