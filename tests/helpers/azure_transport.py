@@ -239,24 +239,25 @@ class AzureRestSimulation(BlobStorage, RequestsTransport):
     def _add_routes(self) -> None:
         ws = re.escape(WORKSPACE_ID)
         loc = rf"/subscriptions/{SUBSCRIPTION}/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)"
-        self._route("GET", ws, lambda r, m: Reply(200, self._workspace()))
-        self._route("GET", rf"{loc}/vmSizes", lambda r, m: self._quota_read({"value": self.vm_sizes}))
-        self._route("GET", rf"{loc}/usages", lambda r, m: self._quota_read({"value": self.usages}))
         versions = rf"{ws}/(?P<kind>environments|data|components|codes|models)/(?P<name>[^/]+)/versions"
         versioned = rf"{versions}/(?P<v>[^/]+)"
-        self._route("GET", versioned, self._get)
-        self._route("GET", versions, self._list)
-        self._route("PUT", versioned, self._put)
-        self._route("POST", rf"{versioned}/startPendingUpload", self._start_pending_upload)
-        self._route("GET", rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)", self._get_job)
-        self._route("PUT", rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)", self._put_job)
+        jobs = rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)"
         deployments = rf"{ws}/onlineEndpoints/(?P<endpoint>[^/]+)/(?P<kind>deployments)"
-        self._route("GET", deployments, self._list)
-        self._named_routes(rf"{deployments}/(?P<name>[^/]+)")
-        self._named_routes(rf"{ws}/(?P<kind>schedules|onlineEndpoints)/(?P<name>[^/]+)")
         blob = rf"//{STORAGE_ACCOUNT}\.blob\.core\.windows\.net/(?P<blob>.+)"
         datastore = rf"{ws}/datastores/workspaceblobstore"
-        for method, pattern, handler in [  # a route table: method, URL pattern, handler
+        for method, pattern, handler in [  # a route table, first match wins: method, URL pattern, handler
+            ("GET", ws, lambda r, m: Reply(200, self._workspace())),
+            ("GET", rf"{loc}/vmSizes", lambda r, m: self._quota_read({"value": self.vm_sizes})),
+            ("GET", rf"{loc}/usages", lambda r, m: self._quota_read({"value": self.usages})),
+            ("GET", versioned, self._get),
+            ("GET", versions, self._list),
+            ("PUT", versioned, self._put),
+            ("POST", rf"{versioned}/startPendingUpload", self._start_pending_upload),
+            ("GET", jobs, self._get_job),
+            ("PUT", jobs, self._put_job),
+            ("GET", deployments, self._list),
+            *self._named(rf"{deployments}/(?P<name>[^/]+)"),
+            *self._named(rf"{ws}/(?P<kind>schedules|onlineEndpoints)/(?P<name>[^/]+)"),
             ("GET", rf"{ws}/computes/(?P<name>[^/]+)", self._compute),
             ("GET", rf"{ws}/datastores", lambda r, m: Reply(200, {"value": [self._datastore()]})),
             ("GET", datastore, lambda r, m: Reply(200, self._datastore())),
@@ -268,11 +269,14 @@ class AzureRestSimulation(BlobStorage, RequestsTransport):
         ]:
             self._route(method, pattern, handler)
 
-    def _named_routes(self, pattern: str, put: Handler | None = None) -> None:
+    def _named(self, pattern: str, put: Handler | None = None) -> list[tuple[str, str, Handler]]:
         """GET, PUT (``put``, else the generic store) and DELETE of a resource whose pattern names kind and name."""
-        self._route("GET", pattern, self._get)
-        self._route("PUT", pattern, put or self._put)
-        self._route("DELETE", pattern, self._delete)
+        return [("GET", pattern, self._get), ("PUT", pattern, put or self._put), ("DELETE", pattern, self._delete)]
+
+    def _named_routes(self, pattern: str, put: Handler | None = None) -> None:
+        """The routes of ``_named``, added after those already there (the serverless routes)."""
+        for method, route, handler in self._named(pattern, put):
+            self._route(method, route, handler)
 
     # ---- the workspace and its quota ---------------------------------------------------------------------------
     def _workspace(self) -> dict:
