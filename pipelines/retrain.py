@@ -33,7 +33,9 @@ from pipelines.azure.submit import submit_run
 from pipelines.settings import RunSettings, project_path
 
 
-def retrain_run(settings, output_root: Path, options: SubmitOptions, ml_client=None, force=False, dry_run=False):
+def retrain_run(
+    settings: RunSettings, output_root: Path, options: SubmitOptions, ml_client=None, force=False, dry_run=False
+):
     """The decision (module docstring), then ``submit_run``; errors carry their exit code (pipelines/azure/cli.py)."""
     if options.data:
         settings = with_local_data(settings, options.data)

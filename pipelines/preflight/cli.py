@@ -27,7 +27,9 @@ from pipelines.preflight.report import run_preflight
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return azure_parser(__doc__).parse_args(argv)
+    parser = azure_parser(__doc__)
+    parser.prog = "python -m pipelines.preflight"  # not __main__.py
+    return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace, ml_client=None) -> int:
