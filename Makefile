@@ -98,7 +98,7 @@ format: install ## Format with ruff
 # Azure targets take DRY_RUN=1 (no network), DATA=path (local chat JSONL instead of the preset's dataset), ARGS=...
 AZURE_FLAGS = $(if $(DRY_RUN),--dry-run) $(if $(DATA),--data "$(DATA)")
 
-# BACKEND=serverless: the service fine-tunes (Model-as-a-Service, pipelines/azure/serverless.py); default: the pipeline.
+# BACKEND=serverless: the service fine-tunes (Model-as-a-Service, pipelines/azure/serverless/); default: the pipeline.
 BACKEND ?= azure
 
 submit: install ## Preflight, register what changed, submit to Azure ML, follow the run (DRY_RUN=1: YAML + plan only; BACKEND=serverless)

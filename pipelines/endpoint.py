@@ -8,7 +8,7 @@
     python -m pipelines.endpoint stop                         # local: stop the router and every slot
     python -m pipelines.endpoint teardown [--delete-model]    # delete the endpoint (the model stays unless asked)
     python -m pipelines.endpoint --target azure chat          # the same against the Azure ML endpoint
-    python -m pipelines.endpoint --target serverless chat     # the serverless endpoint of pipelines/azure/serverless.py
+    python -m pipelines.endpoint --target serverless chat     # the serverless endpoint of pipelines/azure/serverless/
 
 Local: deploy_endpoint records the endpoint in ``$CHATFT_HOME/endpoints/<name>/endpoint.json`` (CHATFT_HOME
 defaults to outputs/); requests go to its stable URL, the router, which follows the traffic map through every

@@ -81,7 +81,7 @@ def teardown_azure(name: str, delete_model: bool, ml_client=None) -> int:
     return 0
 
 
-# ---- serverless (pipelines/azure/serverless.py) -----------------------------------------------------------------
+# ---- serverless (pipelines/azure/serverless/) -----------------------------------------------------------------
 SERVERLESS_URL_ENV, SERVERLESS_KEY_ENV = "CHATFT_SERVERLESS_URL", "CHATFT_SERVERLESS_KEY"
 
 

@@ -15,7 +15,8 @@ import argparse
 import json
 import sys
 
-from pipelines.azure.cli import EXIT_INVALID
+from chatft.errors import UsageError
+from pipelines.azure.cli import exit_code
 from pipelines.azure.client import connect
 from pipelines.azure.submit import SUBMITTED_FILE, follow_run
 from pipelines.settings import project_path
@@ -29,20 +30,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace, ml_client=None) -> int:
+    """make follow; the exit codes of pipelines/azure/cli.py."""
+    return exit_code("follow", _main, args, ml_client)
+
+
+def _main(args: argparse.Namespace, ml_client) -> None:
     name, studio_url = args.job, None
     if not name:
         path = project_path(args.output_root) / SUBMITTED_FILE
         if not path.is_file():
-            print(f"No run to follow: {path} does not exist; pass --job NAME (make follow JOB=...)", file=sys.stderr)
-            return EXIT_INVALID
+            raise UsageError(f"No run to follow: {path} does not exist; pass --job NAME (make follow JOB=...)")
         recorded = json.loads(path.read_text(encoding="utf-8"))
         name, studio_url = recorded["name"], recorded.get("studio_url")
     ml_client = connect(ml_client)
-    if ml_client is None:
-        return EXIT_INVALID
     if studio_url is None:  # a run named on the command line: its Studio page, for the failure message
         studio_url = ml_client.jobs.get(name).studio_url
-    return follow_run(ml_client, name, studio_url)
+    follow_run(ml_client, name, studio_url)
 
 
 if __name__ == "__main__":

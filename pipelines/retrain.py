@@ -24,51 +24,48 @@ import argparse
 import sys
 from pathlib import Path
 
+from chatft.errors import UsageError
 from pipelines.azure.assets import get_or_none
-from pipelines.azure.cli import EXIT_INVALID, SubmitOptions, azure_parser, settings_or_exit
+from pipelines.azure.cli import SubmitOptions, azure_parser, azure_settings, exit_code
 from pipelines.azure.client import connect
 from pipelines.azure.plan import SubmissionError, local_data_path, plan_data_asset, with_local_data
-from pipelines.azure.submit import submit
+from pipelines.azure.submit import submit_run
 from pipelines.settings import RunSettings, project_path
 
 
-def retrain(
-    settings: RunSettings,
-    output_root: Path,
-    options: SubmitOptions,
-    ml_client=None,
-    force: bool = False,
-    dry_run: bool = False,
-) -> int:
+def retrain_run(
+    settings: RunSettings, output_root: Path, options: SubmitOptions, ml_client=None, force=False, dry_run=False
+):
+    """The decision (module docstring), then ``submit_run``; errors carry their exit code (pipelines/azure/cli.py)."""
     if options.data:
         settings = with_local_data(settings, options.data)
     if local_data_path(settings) is None:
-        print(
+        raise UsageError(
             "Cannot retrain: retraining is decided on local data (a fingerprint of its records); pass "
             f"--data PATH (make retrain DATA=path). {settings.source} reads "
             f"{settings.raw_data or settings.step('prep_data').get('hf_dataset') or 'no data'}; "
-            "to rerun on that, use make submit.",
-            file=sys.stderr,
+            "to rerun on that, use make submit."
         )
-        return EXIT_INVALID
     try:
         plan = plan_data_asset(settings)
     except SubmissionError as err:
-        print(f"Cannot retrain: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        raise SubmissionError(f"Cannot retrain: {err}") from None
     print(f"Data fingerprint {plan.fingerprint[:12]}… ({plan.records} records) → {plan.name}:{plan.version}")
     if dry_run:
         print("Dry run: the workspace was not asked whether this version exists; make submit DRY_RUN=1 shows the rest.")
-        return 0
+        return
     ml_client = connect(ml_client)
-    if ml_client is None:
-        return EXIT_INVALID
     if get_or_none(ml_client.data, plan.name, plan.version) is not None and not force:
         print(f"Data unchanged ({plan.name}:{plan.version} is already registered): nothing to do.")
-        return 0
+        return
     reason = "forced" if force else "new data"
     print(f"Retraining ({reason}): registering {plan.name}:{plan.version} if missing and submitting the pipeline.")
-    return submit(settings, dry_run=False, output_root=output_root, ml_client=ml_client, options=options)
+    submit_run(settings, output_root, options, ml_client)
+
+
+def retrain(settings: RunSettings, output_root: Path, options: SubmitOptions, ml_client=None, **flags) -> int:
+    """``retrain_run`` with its errors as exit codes: what the cloud trigger (infra/retrain_function) takes back."""
+    return exit_code("retrain", retrain_run, settings, output_root, options, ml_client, **flags)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,12 +75,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace, ml_client=None) -> int:
-    settings = settings_or_exit(args)
-    if isinstance(settings, int):
-        return settings
+    """make retrain; the exit codes of pipelines/azure/cli.py."""
+    return exit_code("retrain", _main, args, ml_client)
+
+
+def _main(args: argparse.Namespace, ml_client) -> None:
+    settings = azure_settings(args)
     output_root = project_path(args.output_root)
     options = SubmitOptions.from_args(args)
-    return retrain(settings, output_root, options, ml_client, force=args.force, dry_run=args.dry_run)
+    retrain_run(settings, output_root, options, ml_client, force=args.force, dry_run=args.dry_run)
 
 
 if __name__ == "__main__":

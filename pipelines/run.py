@@ -5,7 +5,7 @@ python -m pipelines.run --set finetune.learning_rate=1e-4
 python -m pipelines.run --backend azure --dry-run        # resolved YAML, no network
 python -m pipelines.run --backend azure                  # submit (needs az login + a workspace)
 python -m pipelines.run --backend azure --data data/     # ... training on local JSONL, registered as a data asset
-python -m pipelines.run --backend serverless --dry-run   # the service fine-tunes (pipelines/azure/serverless.py)
+python -m pipelines.run --backend serverless --dry-run   # the service fine-tunes (pipelines/azure/serverless/)
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.azure.cli import EXIT_INVALID, SubmitOptions, azure_parser, settings_or_exit
+from pipelines.azure.cli import SubmitOptions, azure_parser, azure_settings, exit_code
 from pipelines.azure.client import connect
 from pipelines.azure.plan import prepare, print_plan, write_dry_run
 from pipelines.azure.submit import ready_workspace
@@ -62,53 +62,40 @@ def write_schedule(schedule, plan, output_root: Path) -> Path:
     return target
 
 
-def create(settings: RunSettings, dry_run: bool, output_root: Path, ml_client=None, options=None) -> int:
+def create(settings: RunSettings, dry_run: bool, output_root: Path, ml_client=None, options=None) -> None:
     from pipelines import preflight
 
     options = options or SubmitOptions()
     plan = prepare(settings, options)
-    if isinstance(plan, int):
-        return plan
-    try:
-        schedule = build_schedule(plan.settings, plan.job)
-    except SettingsError as err:
-        print(f"Settings error: {err}", file=sys.stderr)
-        return EXIT_INVALID
+    schedule = build_schedule(plan.settings, plan.job)
     print_plan(plan, dry_run)
     if dry_run:
-        print(preflight.run_preflight(plan.settings, plan.data, ml_client=None, options=options).text)
+        print(preflight.run_preflight(plan.settings, plan.data, ml_client=None, options=options, job=plan.job).text)
         path = write_schedule(schedule, plan, output_root)
         print(f"Dry run: schedule written to {path}; nothing was created.")
-        return 0
+        return
     ml_client = ready_workspace(plan, options, ml_client, "schedule", "the schedule was not created.")
-    if isinstance(ml_client, int):
-        return ml_client
     schedule = build_schedule(plan.settings, plan.job)  # around the job rebuilt from the registered components
     created = ml_client.schedules.begin_create_or_update(schedule).result()
     trigger = created.trigger
     print(f"Schedule {created.name}: {trigger.expression} ({trigger.time_zone}), enabled={created.is_enabled}")
-    return 0
 
 
-def delete(settings: RunSettings, ml_client=None) -> int:
+def delete(settings: RunSettings, ml_client=None) -> None:
     """Disable, then delete: Azure ML refuses to delete an enabled schedule."""
     from azure.core.exceptions import ResourceNotFoundError
 
     if settings.azure.schedule is None:
-        print(f"Settings error: {settings.source}: no azure.schedule section to remove", file=sys.stderr)
-        return EXIT_INVALID
+        raise SettingsError(f"{settings.source}: no azure.schedule section to remove")
     name = settings.azure.schedule.name
     ml_client = connect(ml_client)
-    if ml_client is None:
-        return EXIT_INVALID
     try:
         ml_client.schedules.begin_disable(name=name).result()
         ml_client.schedules.begin_delete(name=name).result()
     except ResourceNotFoundError:
         print(f"Schedule {name} does not exist: nothing to remove.")
-        return 0
+        return
     print(f"Schedule {name} disabled and deleted.")
-    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,13 +105,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace, ml_client=None) -> int:
-    settings = settings_or_exit(args)
-    if isinstance(settings, int):
-        return settings
+    """make schedule / unschedule; the exit codes of pipelines/azure/cli.py."""
+    return exit_code("schedule", _main, args, ml_client)
+
+
+def _main(args: argparse.Namespace, ml_client) -> None:
+    settings = azure_settings(args)
     if args.action == "delete":
-        return delete(settings, ml_client)
-    output_root = project_path(args.output_root)
-    return create(settings, args.dry_run, output_root, ml_client, SubmitOptions.from_args(args))
+        delete(settings, ml_client)
+    else:
+        create(settings, args.dry_run, project_path(args.output_root), ml_client, SubmitOptions.from_args(args))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ What remains, and why there is no public route (azure-ai-ml 1.35.2):
     model id for a fine-tuned model contains (``azureml://locations/<region>/workspaces/<guid>/models/...``, as
     Microsoft's Model-as-a-Service sample builds it); the Workspace entity has no public attribute for it.
   * ``ml_client._credential``: the credential a client was built with, to open the model's registry with the same
-    one (pipelines/azure/serverless.py); MLClient does not expose it.
+    one (pipelines/azure/serverless/); MLClient does not expose it.
 """
 
 from __future__ import annotations

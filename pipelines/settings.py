@@ -71,7 +71,7 @@ class RunSettings:
     # Per-step component inputs, keyed by component name (e.g. steps.finetune.learning_rate).
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     azure: AzureSettings = field(default_factory=AzureSettings)
-    # The serverless (Model-as-a-Service) preset's own section, checked by pipelines/azure/serverless.py.
+    # The serverless (Model-as-a-Service) preset's own section, checked by pipelines/azure/serverless/.
     serverless: dict[str, Any] | None = None
     finetune_compute: FinetuneCompute = field(default_factory=FinetuneCompute)
     source: str = "<defaults>"

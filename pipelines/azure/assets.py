@@ -21,11 +21,12 @@ from pipelines.settings import PROJECT_ROOT
 
 
 # ---- registering ----------------------------------------------------------------------------------------------
-def get_or_none(operations, name: str, version: str):
+def get_or_none(operations, name: str, version: str | None = None):
+    """``operations.get`` of a versioned asset, or of a named entity without ``version``; None when it is missing."""
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        return operations.get(name=name, version=version)
+        return operations.get(name) if version is None else operations.get(name=name, version=version)
     except ResourceNotFoundError:
         return None
 

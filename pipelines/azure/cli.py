@@ -12,14 +12,43 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatft.errors import ChatftError, UsageError, exit_on_error
 from pipelines.settings import RunSettings, SettingsError, add_settings_arguments, settings_from_args
 
 AZURE_PRESET = "pipelines/config/azure.yaml"
 EXIT_INVALID, EXIT_PREFLIGHT, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 3, 4, 130
+
+
+class PreflightRefused(ChatftError):
+    """Preflight found a reason not to spend (quota, region): nothing was created."""
+
+    exit_code = EXIT_PREFLIGHT
+
+
+class RunFailed(ChatftError):
+    """The Azure ML run ended Failed, Canceled or NotResponding; the message names it and its Studio URL."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+class FollowInterrupted(ChatftError):
+    """Ctrl-C while following a run: the run goes on in Azure ML."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+def exit_code(prog: str, step: Callable[..., object], *args, **kwargs) -> int:
+    """0 when ``step`` returns; else the exit code ``exit_on_error`` maps its error to (after printing it). For the
+    callers that take a code back rather than exiting: ``make submit``'s backend table, the retraining function."""
+    try:
+        exit_on_error(prog, step, *args, **kwargs)
+    except SystemExit as stop:
+        return int(stop.code)
+    return 0
 
 
 @dataclass(frozen=True)
@@ -69,10 +98,9 @@ def azure_parser(description: str, output_root_help: str | None = None) -> argpa
     return parser
 
 
-def settings_or_exit(args: argparse.Namespace) -> RunSettings | int:
-    """The preset of ``azure_parser``'s arguments with their overrides; or an exit code after printing why not."""
+def azure_settings(args: argparse.Namespace) -> RunSettings:
+    """The preset of ``azure_parser``'s arguments with their overrides; a UsageError says what is wrong."""
     try:
         return settings_from_args(args)
     except SettingsError as err:
-        print(f"Settings error: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        raise UsageError(f"Settings error: {err}") from None

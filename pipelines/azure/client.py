@@ -9,7 +9,6 @@ environment variables AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and AZUREML_WO
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from chatft.errors import UsageError
@@ -54,11 +53,10 @@ def workspace_client(project_root: Path = PROJECT_ROOT, credential=None, **kwarg
 
 
 def connect(ml_client=None):
-    """The given client, or the configured workspace's; None after printing why there is none."""
+    """The given client, or the configured workspace's; a WorkspaceConfigError says how to configure one."""
     if ml_client is not None:
         return ml_client
     try:
         return workspace_client()
     except WorkspaceConfigError as err:
-        print(f"Cannot reach Azure ML: {err}", file=sys.stderr)
-        return None
+        raise WorkspaceConfigError(f"Cannot reach Azure ML: {err}") from None

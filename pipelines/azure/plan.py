@@ -7,23 +7,18 @@ version and unchanged code reuses the registered one (and its step cache).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from chatft.data import fingerprint, read_local_records, record_digests
-from chatft.errors import ChatftError
+from chatft.errors import UsageError
 from pipelines import sdk_private
-from pipelines.azure.cli import EXIT_INVALID
 from pipelines.settings import PROJECT_ROOT, RunSettings, SettingsError, load_compute, project_path
 
 ENVIRONMENTS_DIR = PROJECT_ROOT / "environments"
-PREP_DATA_SCRIPT = PROJECT_ROOT / "components" / "prep_data" / "prep_data.py"
 # Tags written on what is registered: how a later run recognises the same content.
 FINGERPRINT_TAG = "data_fingerprint"
 CONTENT_TAG = "content_sha256"
@@ -32,21 +27,11 @@ VERSION_DIGITS = 16
 COMPONENT_HASH_DIGITS = 12
 
 
-class SubmissionError(ChatftError, RuntimeError):
+class SubmissionError(UsageError, RuntimeError):
     """Something to fix before submitting (data, an asset version); the message says what and where."""
 
 
 # ---- the data -------------------------------------------------------------------------------------------------
-@functools.cache
-def prep_data_module():
-    """components/prep_data/prep_data.py as a module: the fingerprint is prep_data's own, not a copy of it."""
-    spec = importlib.util.spec_from_file_location("chatft_prep_data", PREP_DATA_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def data_fingerprint(path: Path) -> tuple[str, int]:
     """(fingerprint, records) of local chat JSONL: the value prep_data writes to split_info.json.
 
@@ -276,16 +261,13 @@ def print_plan(plan: SubmissionPlan, dry_run: bool) -> None:
         print(f"  schedule     {schedule['name']}: '{schedule['cron']}' {schedule['time_zone']} (make schedule)")
 
 
-def prepare(settings: RunSettings, options) -> SubmissionPlan | int:
-    """The plan, validated with the SDK's own checks (the same as at submission); or an exit code after printing
-    why there is none."""
+def prepare(settings: RunSettings, options) -> SubmissionPlan:
+    """The plan, validated with the SDK's own checks (the same as at submission); a SubmissionError says why not."""
     try:
         plan = plan_submission(settings, options.data)
     except (SubmissionError, SettingsError) as err:
-        print(f"Cannot submit: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        raise SubmissionError(f"Cannot submit: {err}") from None
     problems = sdk_private.validation_errors(plan.job)
     if problems:
-        print(f"Pipeline failed azure-ai-ml validation:\n{problems}", file=sys.stderr)
-        return EXIT_INVALID
+        raise SubmissionError(f"Pipeline failed azure-ai-ml validation:\n{problems}")
     return plan

@@ -9,13 +9,12 @@ and reads the run-history service besides ARM. A failed run ends with a message 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 from pipelines import preflight
 from pipelines.azure.assets import ensure_assets
-from pipelines.azure.cli import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PREFLIGHT, EXIT_RUN_FAILED, SubmitOptions
+from pipelines.azure.cli import FollowInterrupted, PreflightRefused, RunFailed, SubmitOptions, exit_code
 from pipelines.azure.client import connect
 from pipelines.azure.plan import SubmissionError, SubmissionPlan, prepare, print_plan, write_dry_run
 from pipelines.settings import RunSettings
@@ -28,26 +27,22 @@ SUBMITTED_FILE = Path("azure") / "submitted_job.json"  # under the output root
 
 def ready_workspace(plan: SubmissionPlan, options: SubmitOptions, ml_client, action: str, nothing_done: str):
     """What submit and schedule do before creating anything: connect, preflight against the workspace, register
-    what is missing. The client to create with; or an exit code after printing why not, in the words of ``action``
-    ("Cannot submit: ...") and ``nothing_done`` (what a failed preflight left undone)."""
+    what is missing. The client to create with; errors say why not, in the words of ``action`` ("Cannot submit:
+    ...") and ``nothing_done`` (what a failed preflight left undone)."""
     ml_client = connect(ml_client)
-    if ml_client is None:
-        return EXIT_INVALID
-    report = preflight.run_preflight(plan.settings, plan.data, ml_client=ml_client, options=options)
+    report = preflight.run_preflight(plan.settings, plan.data, ml_client=ml_client, options=options, job=plan.job)
     print(report.text)
     if not report.ok:
-        print(f"Preflight failed: {nothing_done}", file=sys.stderr)
-        return EXIT_PREFLIGHT
+        raise PreflightRefused(f"Preflight failed: {nothing_done}")
     try:
         ensure_assets(ml_client, plan)
     except SubmissionError as err:
-        print(f"Cannot {action}: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        raise SubmissionError(f"Cannot {action}: {err}") from None
     return ml_client
 
 
-def follow_run(ml_client, name: str, studio_url: str | None) -> int:
-    """Print the run's status as it changes until it ends; 0 when it completed, EXIT_RUN_FAILED otherwise."""
+def follow_run(ml_client, name: str, studio_url: str | None) -> None:
+    """Print the run's status as it changes until it ends; RunFailed unless it completed."""
     last = None
     try:
         while True:
@@ -60,17 +55,13 @@ def follow_run(ml_client, name: str, studio_url: str | None) -> int:
                 break
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
-        print(f"\nStopped following {name}; the run goes on in Azure ML: {studio_url}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        raise FollowInterrupted(f"Stopped following {name}; the run goes on in Azure ML: {studio_url}") from None
     if status in FAILED_STATES:
-        print(
+        raise RunFailed(
             f"Pipeline run {name} ended {status}. The failed step and its logs are in Azure ML studio: {studio_url} "
-            f"(or: az ml job download --name {name} --all).",
-            file=sys.stderr,
+            f"(or: az ml job download --name {name} --all)."
         )
-        return EXIT_RUN_FAILED
     print(f"Pipeline run {name} completed.")
-    return 0
 
 
 def record_submission(output_root: Path, submitted, experiment: str) -> Path:
@@ -82,33 +73,26 @@ def record_submission(output_root: Path, submitted, experiment: str) -> Path:
     return path
 
 
-def submit(
-    settings: RunSettings,
-    dry_run: bool,
-    output_root: Path,
-    ml_client=None,
-    stream: bool = True,
-    options: SubmitOptions | None = None,
-) -> int:
-    options = options or SubmitOptions(stream=stream)
+def submit_run(settings: RunSettings, output_root: Path, options: SubmitOptions, ml_client=None, dry_run=False):
+    """The submission (module docstring); errors carry their exit code (pipelines/azure/cli.py)."""
     plan = prepare(settings, options)
-    if isinstance(plan, int):
-        return plan
     print_plan(plan, dry_run)
     if dry_run:
-        report = preflight.run_preflight(plan.settings, plan.data, ml_client=None, options=options)
+        report = preflight.run_preflight(plan.settings, plan.data, ml_client=None, options=options, job=plan.job)
         print(report.text)
         path = write_dry_run(plan, output_root)
         print(f"Dry run: resolved pipeline written to {path}, the plan to {path.with_name('submission_plan.json')};")
         print("nothing was created or submitted.")
-        return 0
-
+        return
     ml_client = ready_workspace(plan, options, ml_client, "submit", "nothing was created or submitted.")
-    if isinstance(ml_client, int):
-        return ml_client
     submitted = ml_client.jobs.create_or_update(plan.job, experiment_name=plan.settings.experiment_name)
     record_submission(output_root, submitted, plan.settings.experiment_name)  # for make follow / a later CI step
     print(f"Submitted {submitted.name}: {submitted.studio_url}", flush=True)
-    if not options.stream:
-        return 0
-    return follow_run(ml_client, submitted.name, submitted.studio_url)
+    if options.stream:
+        follow_run(ml_client, submitted.name, submitted.studio_url)
+
+
+def submit(settings: RunSettings, dry_run: bool, output_root: Path, ml_client=None, stream=True, options=None) -> int:
+    """make submit (pipelines/run.py's azure backend): ``submit_run`` with its errors as the exit codes of cli.py."""
+    options = options or SubmitOptions(stream=stream)
+    return exit_code("submit", submit_run, settings, output_root, options, ml_client, dry_run)

@@ -29,6 +29,9 @@ one the SDK swallowed.
 What it cannot tell: whether the real service would accept a body (it stores what it is given; the tests validate
 entities with the SDK), or anything the service decides by itself (quota enforcement, image builds, a crashing
 container, run-history streaming beyond a job's final status). Tests set those outcomes explicitly.
+
+Its vocabulary (ids, Recorded, Reply, fixtures) is in tests/helpers/azure_rest.py, its storage account in
+tests/helpers/azure_blobs.py; both are importable from here too.
 """
 
 from __future__ import annotations
@@ -37,109 +40,46 @@ import copy
 import io
 import json
 import re
-import time
 import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import requests
-from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
 from requests.adapters import BaseAdapter, HTTPAdapter
 from urllib3 import HTTPResponse
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "azure_rest"
-
-SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
-RESOURCE_GROUP = "rg-test"
-WORKSPACE = "mlw-test"
-REGION = "eastus2"
-STORAGE_ACCOUNT = "stmlwtest"
-ARM = "https://management.azure.com"
-WORKSPACE_ID = (
-    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
-    f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
+from tests.helpers.azure_blobs import BlobStorage
+from tests.helpers.azure_rest import (  # noqa: F401  (re-exported)
+    ARM,
+    LOCATION_ID,
+    LONG_RUNNING,
+    REGION,
+    RESOURCE_GROUP,
+    RESOURCE_TYPES,
+    STORAGE_ACCOUNT,
+    SUBSCRIPTION,
+    SYSTEM_DATA,
+    WORKSPACE,
+    WORKSPACE_ID,
+    FakeCredential,
+    Handler,
+    Recorded,
+    Reply,
+    UnexpectedRequest,
+    arm_error,
+    fixture,
 )
-LOCATION_ID = f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.MachineLearningServices/locations/{REGION}"
-SYSTEM_DATA = {
-    "createdAt": "2026-12-01T12:00:00.000Z",
-    "createdBy": "tester@example.com",
-    "createdByType": "User",
-    "lastModifiedAt": "2026-12-01T12:00:00.000Z",
-    "lastModifiedBy": "tester@example.com",
-    "lastModifiedByType": "User",
-}
-# ARM resource types of what the workspace holds, by the path segment the SDK PUTs them under.
-RESOURCE_TYPES = {
-    "environments": "Microsoft.MachineLearningServices/workspaces/environments/versions",
-    "data": "Microsoft.MachineLearningServices/workspaces/data/versions",
-    "components": "Microsoft.MachineLearningServices/workspaces/components/versions",
-    "codes": "Microsoft.MachineLearningServices/workspaces/codes/versions",
-    "models": "Microsoft.MachineLearningServices/workspaces/models/versions",
-    "jobs": "Microsoft.MachineLearningServices/workspaces/jobs",
-    "schedules": "Microsoft.MachineLearningServices/workspaces/schedules",
-    "onlineEndpoints": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
-    "deployments": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments",
-}
-LONG_RUNNING = ("schedules", "onlineEndpoints", "deployments")  # PUTs the spec marks x-ms-long-running-operation
 
-
-class UnexpectedRequest(AssertionError):
-    """The code under test sent a request the simulation has no answer for."""
-
-
-class FakeCredential:
-    """A TokenCredential that never contacts Entra ID. Its tokens are unsigned JWTs with the claims the SDK reads
-    (``aud`` = the resource of the scope asked for, ``tid``, ``oid``), as an Entra access token carries them."""
-
-    tenant_id = "00000000-aaaa-bbbb-cccc-dddddddddddd"
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        import jwt
-
-        expires = int(time.time()) + 3600
-        audience = scopes[0].removesuffix("/.default") if scopes else ""
-        claims = {"aud": audience, "tid": self.tenant_id, "oid": "00000000-0000-0000-0000-00000000a11c", "exp": expires}
-        return AccessToken(jwt.encode(claims, key=None, algorithm="none"), expires)
-
-
-def fixture(name: str) -> dict:
-    """A JSON file of tests/fixtures/azure_rest/, without its ``_source`` note."""
-    body = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
-    body.pop("_source", None)
-    return body
-
-
-@dataclass
-class Recorded:
-    method: str
-    url: str
-    path: str  # without the host and query; the workspace prefix is shortened to "{ws}"
-    api_version: str | None
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any  # the JSON body decoded, raw bytes otherwise, None when empty
-    status: int | None = None
-
-    def __str__(self) -> str:
-        return f"{self.method} {self.path}"
-
-
-@dataclass
-class Reply:
-    status: int
-    body: Any = None  # dict/list → JSON; bytes as is
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-Handler = Callable[["Recorded", re.Match], Reply]
-
-
-def arm_error(status: int, code: str, message: str) -> Reply:
-    """ARM's error body (ErrorResponse in the spec's common types)."""
-    return Reply(status, {"error": {"code": code, "message": message}})
+__all__ = [
+    "REGION",
+    "WORKSPACE_ID",
+    "AzureRestSimulation",
+    "Recorded",
+    "Reply",
+    "UnexpectedRequest",
+    "arm_error",
+    "fixture",
+]
 
 
 class _Adapter(BaseAdapter):
@@ -172,7 +112,7 @@ class _Adapter(BaseAdapter):
         pass
 
 
-class AzureRestSimulation(RequestsTransport):
+class AzureRestSimulation(BlobStorage, RequestsTransport):
     """The simulated service. Keyword arguments set what the service would report; see the module docstring."""
 
     def __init__(
@@ -299,35 +239,44 @@ class AzureRestSimulation(RequestsTransport):
     def _add_routes(self) -> None:
         ws = re.escape(WORKSPACE_ID)
         loc = rf"/subscriptions/{SUBSCRIPTION}/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)"
-        self._route("GET", ws, lambda r, m: Reply(200, self._workspace()))
-        self._route("GET", rf"{loc}/vmSizes", lambda r, m: self._quota_read({"value": self.vm_sizes}))
-        self._route("GET", rf"{loc}/usages", lambda r, m: self._quota_read({"value": self.usages}))
         versions = rf"{ws}/(?P<kind>environments|data|components|codes|models)/(?P<name>[^/]+)/versions"
         versioned = rf"{versions}/(?P<v>[^/]+)"
-        self._route("GET", versioned, self._get)
-        self._route("GET", versions, self._list)
-        self._route("PUT", versioned, self._put)
-        self._route("POST", rf"{versioned}/startPendingUpload", self._start_pending_upload)
-        self._route("GET", rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)", self._get_job)
-        self._route("PUT", rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)", self._put_job)
+        jobs = rf"{ws}/(?P<kind>jobs)/(?P<name>[^/]+)"
         deployments = rf"{ws}/onlineEndpoints/(?P<endpoint>[^/]+)/(?P<kind>deployments)"
-        self._route("GET", deployments, self._list)
-        self._route("GET", rf"{deployments}/(?P<name>[^/]+)", self._get)
-        self._route("PUT", rf"{deployments}/(?P<name>[^/]+)", self._put)
-        self._route("DELETE", rf"{deployments}/(?P<name>[^/]+)", self._delete)
-        named = rf"{ws}/(?P<kind>schedules|onlineEndpoints)/(?P<name>[^/]+)"
-        self._route("GET", named, self._get)
-        self._route("PUT", named, self._put)
-        self._route("DELETE", named, self._delete)
-        self._route("GET", rf"{ws}/computes/(?P<name>[^/]+)", self._compute)
-        self._route("GET", rf"{ws}/datastores", lambda r, m: Reply(200, {"value": [self._datastore()]}))
-        self._route("GET", rf"{ws}/datastores/workspaceblobstore", lambda r, m: Reply(200, self._datastore()))
-        self._route("POST", rf"{ws}/datastores/workspaceblobstore/listSecrets", self._datastore_secrets)
-        self._route("GET", rf"{loc}/(?P<kind>mfeOperationsStatus|mfeOperationResults)/(?P<op>[^/]+)", self._poll)
         blob = rf"//{STORAGE_ACCOUNT}\.blob\.core\.windows\.net/(?P<blob>.+)"
-        self._route("PUT", blob, self._put_blob)
-        self._route("HEAD", blob, self._head_blob)
-        self._route("GET", blob, self._get_blob)
+        datastore = rf"{ws}/datastores/workspaceblobstore"
+        for method, pattern, handler in [  # a route table, first match wins: method, URL pattern, handler
+            ("GET", ws, lambda r, m: Reply(200, self._workspace())),
+            ("GET", rf"{loc}/vmSizes", lambda r, m: self._quota_read({"value": self.vm_sizes})),
+            ("GET", rf"{loc}/usages", lambda r, m: self._quota_read({"value": self.usages})),
+            ("GET", versioned, self._get),
+            ("GET", versions, self._list),
+            ("PUT", versioned, self._put),
+            ("POST", rf"{versioned}/startPendingUpload", self._start_pending_upload),
+            ("GET", jobs, self._get_job),
+            ("PUT", jobs, self._put_job),
+            ("GET", deployments, self._list),
+            *self._named(rf"{deployments}/(?P<name>[^/]+)"),
+            *self._named(rf"{ws}/(?P<kind>schedules|onlineEndpoints)/(?P<name>[^/]+)"),
+            ("GET", rf"{ws}/computes/(?P<name>[^/]+)", self._compute),
+            ("GET", rf"{ws}/datastores", lambda r, m: Reply(200, {"value": [self._datastore()]})),
+            ("GET", datastore, lambda r, m: Reply(200, self._datastore())),
+            ("POST", rf"{datastore}/listSecrets", self._datastore_secrets),
+            ("GET", rf"{loc}/(?P<kind>mfeOperationsStatus|mfeOperationResults)/(?P<op>[^/]+)", self._poll),
+            ("PUT", blob, self._put_blob),
+            ("HEAD", blob, self._head_blob),
+            ("GET", blob, self._get_blob),
+        ]:
+            self._route(method, pattern, handler)
+
+    def _named(self, pattern: str, put: Handler | None = None) -> list[tuple[str, str, Handler]]:
+        """GET, PUT (``put``, else the generic store) and DELETE of a resource whose pattern names kind and name."""
+        return [("GET", pattern, self._get), ("PUT", pattern, put or self._put), ("DELETE", pattern, self._delete)]
+
+    def _named_routes(self, pattern: str, put: Handler | None = None) -> None:
+        """The routes of ``_named``, added after those already there (the serverless routes)."""
+        for method, route, handler in self._named(pattern, put):
+            self._route(method, route, handler)
 
     # ---- the workspace and its quota ---------------------------------------------------------------------------
     def _workspace(self) -> dict:
@@ -448,57 +397,3 @@ class AzureRestSimulation(RequestsTransport):
             return Reply(200) if done else Reply(202, None, {"Location": record.url, "retry-after-ms": "1"})
         status = "Succeeded" if done else "InProgress"
         return Reply(200, {"id": record.path, "name": match["op"], "status": status}, {"retry-after-ms": "1"})
-
-    # ---- datastore and blobs -----------------------------------------------------------------------------------
-    def _datastore(self) -> dict:
-        body = fixture("datastore.json")
-        body["id"] = f"{WORKSPACE_ID}/datastores/workspaceblobstore"
-        body["properties"]["accountName"] = STORAGE_ACCOUNT
-        return body
-
-    def _datastore_secrets(self, record: Recorded, match: re.Match) -> Reply:
-        return Reply(200, fixture("datastore_secrets.json"))
-
-    def _start_pending_upload(self, record: Recorded, match: re.Match) -> Reply:
-        """Where a code snapshot goes: a SAS URI to a fresh container of the workspace's storage account."""
-        body = fixture("pending_upload.json")
-        upload_id = record.body.get("pendingUploadId") or f"upload-{len(self.requests)}"
-        container = f"https://{STORAGE_ACCOUNT}.blob.core.windows.net/{upload_id}"
-        reference = body["blobReferenceForConsumption"]
-        reference["blobUri"] = container
-        reference["storageAccountArmId"] = self._workspace()["properties"]["storageAccount"]
-        reference["credential"]["sasUri"] = f"{container}?sv=2023-11-03&sr=c&sp=racwl&sig=simulated"
-        body["pendingUploadId"] = upload_id
-        return Reply(200, body)
-
-    def _put_blob(self, record: Recorded, match: re.Match) -> Reply:
-        """Put Blob (201), or Set Blob Metadata (``comp=metadata``, 200), as the Blob service REST API answers."""
-        name = match["blob"]
-        prefix = "x-ms-meta-"
-        metadata = {k.lower()[len(prefix) :]: v for k, v in record.headers.items() if k.lower().startswith(prefix)}
-        headers = {"ETag": '"0x8D0000000000000"', "Last-Modified": "Tue, 01 Dec 2026 12:00:00 GMT"}
-        if record.query.get("comp") == "metadata":
-            if name not in self.blobs:
-                return Reply(404, None, {"x-ms-error-code": "BlobNotFound"})
-            self.blob_metadata[name] = metadata
-            return Reply(200, None, headers)
-        if record.query.get("comp") or record.query.get("blockid"):  # SAS parameters (sv, sig, ...) are auth only
-            return self._unexpected(record)
-        self.blobs[name] = record.body if isinstance(record.body, bytes) else json.dumps(record.body).encode()
-        self.blob_metadata[name] = metadata
-        return Reply(201, None, headers)
-
-    def _blob_headers(self, name: str) -> dict[str, str]:
-        headers = {"x-ms-blob-type": "BlockBlob", "Content-Length": str(len(self.blobs[name]))}
-        headers.update({f"x-ms-meta-{k}": v for k, v in self.blob_metadata.get(name, {}).items()})
-        return headers
-
-    def _head_blob(self, record: Recorded, match: re.Match) -> Reply:
-        if match["blob"] in self.blobs:
-            return Reply(200, None, self._blob_headers(match["blob"]))
-        return Reply(404, None, {"x-ms-error-code": "BlobNotFound"})
-
-    def _get_blob(self, record: Recorded, match: re.Match) -> Reply:
-        if match["blob"] in self.blobs:
-            return Reply(200, self.blobs[match["blob"]], self._blob_headers(match["blob"]))
-        return Reply(404, None, {"x-ms-error-code": "BlobNotFound"})

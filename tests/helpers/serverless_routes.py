@@ -89,10 +89,7 @@ class ServerlessRoutes:
             default = sim._workspace
             sim._workspace = lambda: {**default(), "location": self.region}
         for kind in TYPES:
-            named = rf"{ws}/(?P<kind>{kind})/(?P<name>[^/]+)"
-            sim._route("GET", named, sim._get)
-            sim._route("PUT", named, self._put)
-            sim._route("DELETE", named, sim._delete)
+            sim._named_routes(rf"{ws}/(?P<kind>{kind})/(?P<name>[^/]+)", put=self._put)
         sim._route("POST", rf"{ws}/serverlessEndpoints/(?P<name>[^/]+)/listKeys", self._keys)
         sim._route("GET", r"//[^/]+/registrymanagement/v1\.0/registries/(?P<registry>[^/]+)/discovery", self._discovery)
         registry_model = (

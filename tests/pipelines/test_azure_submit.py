@@ -12,19 +12,13 @@ import pytest
 
 from pipelines.azure import cli, client, plan
 from pipelines.azure import submit as azure_submit
+from pipelines.finetune_pipeline import COMPONENT_NAMES
 from pipelines.settings import PROJECT_ROOT, load_settings
 from tests.helpers.chat_data import make_conversations, write_jsonl
+from tests.helpers.prep_runs import run_prep
 
 AZURE = PROJECT_ROOT / "pipelines/config/azure.yaml"
-COMPONENTS = [
-    "prep_data",
-    "validate_chat_jsonl",
-    "finetune",
-    "score_base",
-    "evaluate",
-    "register_model",
-    "deploy_endpoint",
-]
+COMPONENTS = list(COMPONENT_NAMES)
 ENVIRONMENTS = ["chatft-cpu", "chatft-inference", "chatft-train"]
 REGISTRY_MODEL = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/4"
 
@@ -149,13 +143,8 @@ def test_fingerprint_ignores_file_layout_and_order(tmp_path, chats):
 @pytest.mark.usefixtures("mlflow_env")
 def test_fingerprint_is_the_one_prep_data_writes_to_split_info(tmp_path, chats):
     """So a model's split_info.json names the data asset version it was trained on."""
-    prep = plan.prep_data_module()
-    out = tmp_path / "prep"
-    args = prep.parse_args(
-        ["--raw_data", str(chats)] + [f"--{o}={out / o}" for o in ("train_data", "validation_data", "split_info")]
-    )
-    assert prep.main(args) == 0
-    split_info = json.loads((out / "split_info" / "split_info.json").read_text())
+    code, _, _, split_info = run_prep(tmp_path / "prep", "--raw_data", str(chats))
+    assert code == 0
     assert plan.data_fingerprint(chats)[0] == split_info["fingerprint"]
 
 

@@ -10,15 +10,15 @@ response the Microsoft identity platform documents (``token_type``, ``expires_in
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from azure.core.pipeline.transport import HttpResponse
 
 from pipelines import github_oidc
+from tests.helpers import loopback_http
+from tests.helpers.loopback_http import JsonHandler
 from tests.helpers.offline_transport import InProcessTransport
 
 TENANT, CLIENT = "00000000-0000-0000-0000-0000000000aa", "00000000-0000-0000-0000-0000000000bb"
@@ -30,7 +30,7 @@ def github():
     """GitHub's per-job OIDC token endpoint: each GET issues a new ID token (id-token-1, id-token-2, ...)."""
     seen: list[dict] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_GET(self):
             url = urlparse(self.path)
             seen.append({"path": url.path, "query": parse_qs(url.query), "auth": self.headers.get("Authorization")})
@@ -38,18 +38,9 @@ def github():
                 self.send_response(401)
                 self.end_headers()
                 return
-            body = json.dumps({"count": 1, "value": f"id-token-{len(seen)}"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_json({"count": 1, "value": f"id-token-{len(seen)}"})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = loopback_http.start(Handler)
     # The shape GitHub gives the URL: a query string already there, the audience appended to it.
     url = f"http://127.0.0.1:{server.server_port}/_apis/distributedtask/hubs/Actions/plans/p/jobs/j/idtoken?api-version=2.0"
     env = {
@@ -59,8 +50,7 @@ def github():
         "AZURE_TENANT_ID": TENANT,
     }
     yield env, seen
-    server.shutdown()
-    server.server_close()
+    loopback_http.stop(server)
 
 
 class _Json(HttpResponse):

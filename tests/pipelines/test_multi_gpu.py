@@ -136,7 +136,7 @@ def test_cost_scales_with_the_node_count(tmp_path):
         tokens_per_second = 1000 * nodes * (0.5 if nodes > 1 else 1.0)
         node_hours = 3_600_000 / tokens_per_second / 3600 + 6 / 60 + idle
         assert cost["finetune node time"] == pytest.approx(nodes * node_hours * 10.0)
-        assert cost["GPU node time"] == pytest.approx((6 / 60 + idle) * 2.0)  # evaluate only
+        assert cost["GPU node time"] == pytest.approx((2 * 6 / 60 + idle) * 2.0)  # score_base + evaluate
 
 
 @pytest.mark.parametrize(

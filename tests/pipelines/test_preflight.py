@@ -10,6 +10,7 @@ import pytest
 
 from pipelines import preflight
 from pipelines.azure.cli import SubmitOptions
+from pipelines.preflight import cli as preflight_cli
 from pipelines.settings import PROJECT_ROOT, load_compute, load_settings
 
 AZURE = PROJECT_ROOT / "pipelines/config/azure.yaml"
@@ -121,7 +122,7 @@ def test_no_permission_to_read_quota_is_a_403_that_is_explained_and_does_not_blo
 def test_a_size_the_region_does_not_offer_fails_with_a_pointer_to_compute_json(settings, monkeypatch, azure_sim):
     compute = load_compute()
     compute["gpu_cluster"] = compute["gpu_cluster"] | {"vm_size": "Standard_ND96isr_H200_v5"}
-    monkeypatch.setattr(preflight, "load_compute", lambda: compute)
+    monkeypatch.setattr(preflight.report, "load_compute", lambda: compute)
     report = preflight.run_preflight(settings, ml_client=azure_sim.client())
     assert not report.ok
     assert (
@@ -136,8 +137,8 @@ def test_a_size_the_region_does_not_offer_fails_with_a_pointer_to_compute_json(s
 def test_a_family_matches_its_usage_in_every_spelling_the_service_uses(name):
     """The size listing says standardNCASv3_T4Family; the REST spec's usage examples say 'Standard NCASv3_T4 Family
     Cluster Dedicated vCPUs' (the az CLI shows the first form in usage names too)."""
-    assert preflight._family_key(name) == preflight._family_key(T4) == "ncasv3t4"
-    assert preflight._family_key("Standard NCASv3_T4 Family Cluster LowPriority vCPUs") is None
+    assert preflight.family_key(name) == preflight.family_key(T4) == "ncasv3t4"
+    assert preflight.family_key("Standard NCASv3_T4 Family Cluster LowPriority vCPUs") is None
 
 
 def test_dry_run_estimates_cost_without_any_client(settings):
@@ -235,7 +236,7 @@ def test_an_unknown_dataset_or_size_asks_for_what_is_missing(settings):
     del pricing["prices"]["vm_hourly"]["Standard_NC24ads_A100_v4"]
     estimate = preflight.TokenEstimate(1000, "given")
     with pytest.raises(preflight.PreflightError, match="no hourly price for Standard_NC24ads_A100_v4"):
-        preflight.estimate_cost(settings, estimate, load_compute(), pricing)
+        preflight.estimate_cost(settings, estimate, load_compute(), pricing, preflight.pipeline_topology(settings))
 
 
 def test_every_price_and_rate_in_pricing_json_says_where_it_comes_from():
@@ -256,13 +257,36 @@ def test_cli_dry_run_prints_the_table_offline(capsys, tmp_path):
     data.write_text(
         json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
     )
-    args = preflight.parse_args(["--dry-run", "--data", str(data)])
-    assert preflight.main(args) == 0
+    args = preflight_cli.parse_args(["--dry-run", "--data", str(data)])
+    assert preflight_cli.main(args) == 0
     out = capsys.readouterr().out
     assert "not checked: dry run" in out and "1 local records" in out
 
 
 def test_cli_fails_with_exit_3_on_zero_quota(capsys, azure_sim):
     set_usage(azure_sim, "NCASv3_T4", 0, 0)
-    assert preflight.main(preflight.parse_args([]), ml_client=azure_sim.client()) == 3
+    assert preflight_cli.main(preflight_cli.parse_args([]), ml_client=azure_sim.client()) == 3
     assert f"{T4}: zero quota in eastus2" in capsys.readouterr().out
+
+
+def test_the_estimate_follows_the_steps_of_the_built_pipeline(settings, tmp_path):
+    """GPU and CPU steps are read from the built job's nodes, so a step moved or removed changes the estimate."""
+    from pipelines.finetune_pipeline import build_pipeline
+
+    path = tmp_path / "pricing.json"
+    path.write_text(json.dumps({"overhead": {"gpu_step_minutes": 6, "cpu_step_minutes": 12}}))
+    options = SubmitOptions(tokens=1_000_000, pricing=path)
+
+    def cost(job) -> dict[str, float]:
+        return {line.item: line.usd for line in preflight.run_preflight(settings, options=options, job=job).cost}
+
+    job = build_pipeline(settings)
+    before = cost(job)
+    gpu_price = preflight.load_pricing(path)["prices"]["vm_hourly"][load_compute()["gpu_cluster"]["vm_size"]]
+    assert preflight.topology(job).on(load_compute()["gpu_cluster"]) == ["finetune", "score_base", "evaluate"]
+    del job.jobs["base_scores"]  # one GPU step fewer
+    assert cost(job)["GPU node time"] == pytest.approx(before["GPU node time"] - 6 / 60 * gpu_price)
+    job.jobs["evaluation"].compute = load_compute()["cpu_cluster"]["name"]  # a GPU step moved to the CPU cluster
+    after = cost(job)
+    assert after["GPU node time"] == pytest.approx(before["GPU node time"] - 2 * 6 / 60 * gpu_price)
+    assert after["CPU node time"] > before["CPU node time"]
