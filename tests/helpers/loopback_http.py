@@ -7,17 +7,14 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.helpers.http_stubs import send_json
+
 
 class JsonHandler(BaseHTTPRequestHandler):
     """A request handler that answers JSON and keeps the test output free of access logs."""
 
     def send_json(self, body, status: int = 200) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def read_json(self):
         return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
