@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from chatft.processes import free_port
-from pipelines.endpoint import find_record, stop
+from pipelines.endpoint_local import find_record, stop
 from pipelines.finetune_pipeline import build_pipeline
 from pipelines.local_backend import LocalBackend
 from pipelines.settings import PROJECT_ROOT, RunSettings
