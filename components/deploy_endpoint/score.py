@@ -41,7 +41,7 @@ from chatft.serving.app import ChatApp, Stream  # noqa: E402
 
 try:
     from azureml_inference_server_http.api.aml_request import rawhttp
-except ImportError:  # the MLflow pyfunc imports this file for parse_request/ChatGenerator, without the server
+except ImportError:  # imported where the inference server is not installed (a plain environment): run stays callable
 
     def rawhttp(func):
         return func
