@@ -3,6 +3,7 @@ the digest of what was scored stays what cached score_base outputs recorded."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,66 @@ def test_the_digest_is_the_one_earlier_base_scores_recorded():
     samples = [{"prompt": [{"role": "user", "content": "Hi"}], "reference": "Hello"}]
     digest = evaluation.scoring_digest(evaluation.Scoring([], None, encoded, samples), max_new_tokens=64)
     assert digest == "df184a019bccbe6ea9d40faafd1a460b8f3b4992cd4f63ead386b5106cd19ad3"
+    # With the base model's safety numbers in the score (score_base with safety_check), their digest is in it too:
+    # a new value, deliberately; a score without them keeps the value above, so earlier scores stay readable.
+    with_safety = evaluation.scoring_digest(evaluation.Scoring([], None, encoded, samples), 64, safety_digest="ab")
+    assert with_safety == "3e52c6806880e7dbe475d4bc3eb07ee8d1092b91363b4d54e8d2b488373899a9"
+
+
+SAFETY_DIGEST = "0" * 64
+
+
+def _write_score(folder: Path, scoring, safety_digest: str | None, digest_safety: str | None = "same") -> Path:
+    """A base_score.json as score_base writes it; ``digest_safety`` "same": the digest covers the stored safety."""
+    safety = None
+    if safety_digest is not None:
+        rates = {"refusal_rate": 0.75, "over_refusal_rate": 0.25}
+        safety = {"digest": safety_digest, "max_new_tokens": 16, "rates": rates, "answers": [{"id": "h1"}]}
+        digest_safety = safety_digest if digest_safety == "same" else digest_safety
+    else:
+        digest_safety = None
+    score = {
+        "metrics": {"loss": 1.0},
+        "answers": ["Hello"],
+        "safety": safety,
+        "digest": evaluation.scoring_digest(scoring, 64, digest_safety),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / evaluation.BASE_SCORE).write_text(json.dumps(score), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def scoring():
+    samples = [{"prompt": [{"role": "user", "content": "Hi"}], "reference": "Hello"}]
+    return evaluation.Scoring([], None, [([1, 2, 3], [0, 1, 1])], samples)
+
+
+def test_a_base_score_with_safety_gives_its_numbers_only_for_the_same_safety_digest(scoring, tmp_path):
+    folder = _write_score(tmp_path, scoring, SAFETY_DIGEST)
+    found = evaluation.load_base_score(folder, scoring, 64, SAFETY_DIGEST)
+    assert found.metrics == {"loss": 1.0} and found.answers == ["Hello"]
+    assert found.safety["rates"] == {"refusal_rate": 0.75, "over_refusal_rate": 0.25}
+    # evaluate without safety_check: the validation scores still count, the safety numbers are not handed out.
+    assert evaluation.load_base_score(folder, scoring, 64).safety is None
+    # Another safety set or safety_max_new_tokens: refused, naming what to do.
+    with pytest.raises(evaluation.EvalError, match="base model's safety on another safety set, safety_max_new_tok"):
+        evaluation.load_base_score(folder, scoring, 64, "1" * 64)
+    # The validation part still decides first.
+    with pytest.raises(evaluation.EvalError, match="computed on other validation chats"):
+        evaluation.load_base_score(folder, scoring, 65, SAFETY_DIGEST)
+
+
+def test_a_base_score_without_safety_is_used_and_says_so_and_its_digest_covers_whether_safety_was_measured(
+    scoring, tmp_path
+):
+    without = evaluation.load_base_score(_write_score(tmp_path / "without", scoring, None), scoring, 64, SAFETY_DIGEST)
+    assert without.metrics == {"loss": 1.0} and without.safety is None  # evaluate measures the base's safety itself
+    # Safety numbers added to a score whose digest did not cover them (or covers other ones): refused.
+    for name, covered in (("added", None), ("other", "1" * 64)):
+        folder = _write_score(tmp_path / name, scoring, SAFETY_DIGEST, digest_safety=covered)
+        with pytest.raises(evaluation.EvalError, match="computed on other validation chats"):
+            evaluation.load_base_score(folder, scoring, 64, SAFETY_DIGEST)
 
 
 def test_batched_scoring_equals_one_chat_at_a_time(tiny_llama_dir, validation):

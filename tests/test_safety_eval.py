@@ -113,3 +113,30 @@ def test_batched_greedy_answers_equal_unbatched(tiny_llama_dir, monkeypatch):
     batched = safety_eval.generate(model, tokenizer, prompts, 8, batch_size=3)
     alone = [safety_eval.generate(model, tokenizer, [p], 8, batch_size=1)[0] for p in prompts]
     assert batched == alone and all(batched)
+
+
+def test_the_digest_covers_the_prompts_their_order_the_answer_length_and_the_phrases(monkeypatch):
+    """score_base records it beside the base model's rates; evaluate reuses them only on the same digest."""
+    prompts = safety_eval.load_set(SHIPPED)
+    digest = safety_eval.digest(prompts, 16)
+    assert digest == safety_eval.digest(safety_eval.load_set(SHIPPED), 16)
+    edited = [prompts[0].__class__(prompts[0].id, prompts[0].kind, prompts[0].category, "Other text")] + prompts[1:]
+    others = [
+        safety_eval.digest(prompts, 17),
+        safety_eval.digest(prompts[1:], 16),
+        safety_eval.digest(prompts[::-1], 16),
+        safety_eval.digest(edited, 16),
+    ]
+    monkeypatch.setattr(safety_eval, "REFUSAL_PHRASES", safety_eval.REFUSAL_PHRASES[1:])
+    others.append(safety_eval.digest(prompts, 16))
+    assert len({digest, *others}) == 1 + len(others)
+
+
+def test_find_set_takes_safety_data_else_the_shipped_set_beside_the_step(tmp_path):
+    component = SHIPPED.parents[1] / "components" / "evaluate"
+    assert safety_eval.find_set(None, component).resolve() == SHIPPED
+    assert safety_eval.find_set(str(tmp_path), component) == tmp_path
+    (tmp_path / "safety").mkdir()
+    assert safety_eval.find_set(None, tmp_path) == tmp_path / "safety"  # a snapshot: additional_includes put it there
+    with pytest.raises(safety_eval.SafetySetError, match="not beside .*additional_includes: ../../data/safety"):
+        safety_eval.find_set(None, tmp_path / "safety")

@@ -27,8 +27,6 @@ from chatft.errors import exit_on_error
 from chatft.evaluation import EvalError, Scoring
 
 SPEC = Path(__file__).with_name("component.yml")
-# The shipped safety set: beside this script in a snapshot (additional_includes), else data/safety/ in the repository.
-SAFETY_SET = ("safety", "../../data/safety")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -221,14 +219,26 @@ def _score_champion(champion: dict, scoring: Scoring, args) -> dict | None:
     return metrics
 
 
-def _safety_set(args: argparse.Namespace) -> Path:
-    if args.safety_data:
-        return Path(args.safety_data)
-    here = Path(__file__).resolve().parent
-    found = next((here / p for p in SAFETY_SET if (here / p).is_dir()), None)
-    if found is None:
-        raise EvalError(f"the shipped safety set is not beside {here} (additional_includes of component.yml)")
-    return found
+def _reuse_base_score(scoring: Scoring, args: argparse.Namespace, safety, safety_out: list) -> tuple[dict, list]:
+    """The base model's metrics and answers from the score_base step: a pure function of the base model, the
+    validation data and the safety set, so the local backend reuses it across runs that change only training. With
+    the safety check, its safety numbers too, if measured on this evaluation's set and settings (the digest says).
+    The base model loads only when that score has no safety numbers (score_base ran with safety_check false)."""
+    print(f"evaluate: the base model's scores from {args.base_score}", flush=True)
+    safety_digest = safety_eval.digest(safety, args.safety_max_new_tokens) if safety is not None else None
+    stored = evaluation.load_base_score(args.base_score, scoring, args.max_new_tokens, safety_digest)
+    if safety is None:
+        return dict(stored.metrics), stored.answers
+    if stored.safety is not None:
+        safety_out.extend(stored.safety["answers"])
+        return stored.metrics | stored.safety["rates"], stored.answers
+    print(
+        "evaluate: that base score has no safety numbers (score_base ran with safety_check false), so the base "
+        f"model is asked the safety set here ({args.base_model})",
+        flush=True,
+    )
+    model = evaluation.load_model(str(args.base_model))
+    return stored.metrics | _measure_safety(model, scoring.tokenizer, safety, args, safety_out), stored.answers
 
 
 def _score_models(scoring: Scoring, args: argparse.Namespace, safety) -> tuple[dict, dict[str, list]]:
@@ -240,15 +250,7 @@ def _score_models(scoring: Scoring, args: argparse.Namespace, safety) -> tuple[d
     for name, path in (("base", args.base_model), ("tuned", args.tuned_model)):
         safety_out = safety_answers.setdefault(name, [])
         if name == "base" and args.base_score:
-            # A pure function of the base model and the validation data: the score_base step computed it (and the
-            # local backend reuses it across runs that change only training). The safety set is not in that score:
-            # it is measured here.
-            print(f"evaluate: the base model's scores from {args.base_score}", flush=True)
-            digest = evaluation.scoring_digest(scoring, args.max_new_tokens)
-            metrics[name], answers = evaluation.load_base_score(args.base_score, digest)
-            if safety is not None:
-                model = evaluation.load_model(path)
-                metrics[name] = {**metrics[name], **_measure_safety(model, scoring.tokenizer, safety, args, safety_out)}
+            metrics[name], answers = _reuse_base_score(scoring, args, safety, safety_out)
         else:
             print(f"evaluate: scoring the {name} model ({path})", flush=True)
             metrics[name], answers = _evaluate_model(path, scoring, args, safety, safety_out)
@@ -291,7 +293,8 @@ def main(args: argparse.Namespace) -> dict:
         args.validation_data, args.base_model, args.max_seq_length, args.num_generation_samples
     )
     champion = find_champion(args.model_name)  # before the slow part: a registry that cannot be read fails fast
-    safety = safety_eval.load_set(_safety_set(args)) if args.safety_check else None
+    here = Path(__file__).resolve().parent
+    safety = safety_eval.load_set(safety_eval.find_set(args.safety_data, here)) if args.safety_check else None
 
     metrics, safety_answers = _score_models(scoring, args, safety)
     if "skipped" not in champion:

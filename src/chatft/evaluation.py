@@ -181,26 +181,51 @@ def score_and_answer(model, scoring: Scoring, max_new_tokens: int, batch_size: i
     return metrics, greedy_answers(model, scoring.tokenizer, prompts, max_new_tokens, batch_size)
 
 
-def scoring_digest(scoring: Scoring, max_new_tokens: int) -> str:
-    """What a base score depends on besides the model: the scored tokens, the prompts and the generation length.
-    score_base records it; evaluate refuses a base score whose digest is not its own."""
+def scoring_digest(scoring: Scoring, max_new_tokens: int, safety_digest: str | None = None) -> str:
+    """What a base score depends on besides the model: the scored tokens, the prompts and the generation length,
+    and, when the score holds the base model's safety numbers, their own digest (chatft.safety_eval.digest: the
+    safety set and its settings). score_base records it; evaluate refuses a base score whose digest is not its own.
+    Without safety the material is what it was before safety moved into score_base, so the digest is too."""
     material = {
         "encoded": scoring.encoded,
         "prompts": [s["prompt"] for s in scoring.samples],
         "max_new_tokens": max_new_tokens,
     }
+    if safety_digest is not None:
+        material["safety"] = safety_digest
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def load_base_score(folder: str, digest: str) -> tuple[dict, list[str]]:
-    """The base model's metrics and answers from score_base's output, if it scored exactly what evaluate would."""
+@dataclass
+class BaseScore:
+    """The base model's half of an evaluation, as score_base measured it."""
+
+    metrics: dict
+    answers: list[str]
+    # {"digest", "max_new_tokens", "rates": {"refusal_rate", "over_refusal_rate"}, "answers": [...]}; None when
+    # score_base did not measure safety, or when the caller did not ask for it.
+    safety: dict | None
+
+
+def load_base_score(folder: str, scoring: Scoring, max_new_tokens: int, safety_digest: str | None = None) -> BaseScore:
+    """The base model's metrics and answers from score_base's output, if it scored exactly what evaluate would; with
+    ``safety_digest`` (evaluate's safety set and settings), also its safety numbers, if measured on exactly those."""
     path = Path(folder) / BASE_SCORE
     if not path.is_file():
         raise EvalError(f"base_score: {path} not found (the base_score output of the score_base step)")
     found = json.loads(path.read_text(encoding="utf-8"))
-    if found.get("digest") != digest:
+    safety = found.get("safety")
+    if found.get("digest") != scoring_digest(scoring, max_new_tokens, safety["digest"] if safety else None):
         raise EvalError(
             f"base_score: {path} was computed on other validation chats, max_seq_length or generation settings "
             "than this evaluation's; run score_base with the same inputs (the pipeline passes evaluate's)"
         )
-    return found["metrics"], found["answers"]
+    if safety_digest is None or safety is None:
+        return BaseScore(found["metrics"], found["answers"], None)
+    if safety["digest"] != safety_digest:
+        raise EvalError(
+            f"base_score: {path} measured the base model's safety on another safety set, safety_max_new_tokens or "
+            "refusal phrases than this evaluation's; run score_base with the same safety inputs (the pipeline "
+            "passes evaluate's)"
+        )
+    return BaseScore(found["metrics"], found["answers"], safety)

@@ -19,6 +19,8 @@ that, use a classifier or LLM judge (e.g. Azure AI Evaluation's safety evaluator
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -58,6 +60,9 @@ REFUSAL_PHRASES = (
 )
 _PHRASES = re.compile("|".join(re.escape(phrase) for phrase in REFUSAL_PHRASES))
 BATCH_SIZE = 16  # prompts per generate() call: 16 x (~60 prompt + 32 new tokens) of KV cache is small even on CPU
+# The shipped set, relative to a component's folder: safety/ in its snapshot (additional_includes: ../../data/safety),
+# else data/safety/ of the repository when the script runs from components/<name>/.
+SHIPPED_SET = ("safety", "../../data/safety")
 
 
 class SafetySetError(UsageError, ValueError):
@@ -104,6 +109,31 @@ def load_set(path: str | Path) -> list[Prompt]:
             seen.add(entry["id"])
             prompts.append(Prompt(entry["id"], kind, entry[label], entry["prompt"]))
     return prompts
+
+
+def find_set(safety_data: str | Path | None, component_dir: Path) -> Path:
+    """The safety set a step measures on: ``safety_data`` when given, else the shipped set beside the step."""
+    if safety_data:
+        return Path(safety_data)
+    found = next((component_dir / p for p in SHIPPED_SET if (component_dir / p).is_dir()), None)
+    if found is None:
+        raise SafetySetError(
+            f"the shipped safety set is not beside {component_dir}: the step's component.yml ships it "
+            "(additional_includes: ../../data/safety); or give safety_data"
+        )
+    return found
+
+
+def digest(prompts: list[Prompt], max_new_tokens: int) -> str:
+    """What a model's safety numbers depend on besides the model: the prompts (ids, kinds, categories and texts, in
+    order), the answer length and the refusal phrases that judge the answers. score_base records it beside the base
+    model's rates; evaluate uses those rates only when its own set and settings give the same digest."""
+    material = {
+        "prompts": [[p.id, p.kind, p.category, p.prompt] for p in prompts],
+        "max_new_tokens": max_new_tokens,
+        "refusal_phrases": list(REFUSAL_PHRASES),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def is_refusal(answer: str) -> bool:
