@@ -22,8 +22,17 @@ COMPONENT_NAMES = (
     "register_model",
     "deploy_endpoint",
 )
-# score_base measures the base model as evaluate measures the tuned one: these come from evaluate's settings.
-SCORING_SETTINGS = ("max_seq_length", "num_generation_samples", "max_new_tokens", "batch_size")
+# score_base measures the base model as evaluate measures the tuned one: these come from evaluate's settings. The
+# safety ones too: score_base asks the base model evaluate's safety set, so evaluate never loads the base model.
+SCORING_SETTINGS = (
+    "max_seq_length",
+    "num_generation_samples",
+    "max_new_tokens",
+    "batch_size",
+    "safety_check",
+    "safety_data",
+    "safety_max_new_tokens",
+)
 # Inputs the pipeline wires itself; a preset may not set them.
 WIRED_INPUTS = {
     "prep_data": {"raw_data"},

@@ -106,6 +106,18 @@ def test_score_base_measures_with_evaluates_settings_which_have_one_home(local_j
         assert binding(local_job.jobs["base_scores"], name) == binding(local_job.jobs["evaluation"], name) == expected
     with pytest.raises(SettingsError, match="steps.score_base.max_new_tokens is not a settable input"):
         build_pipeline(load_settings(LOCAL, ["score_base.max_new_tokens=8"]), base_model_path=str(tmp_path))
+    with pytest.raises(SettingsError, match="steps.score_base.safety_check is not a settable input"):
+        build_pipeline(load_settings(LOCAL, ["score_base.safety_check=false"]), base_model_path=str(tmp_path))
+
+
+def test_score_base_measures_safety_on_evaluates_safety_set_and_settings(tmp_path):
+    """The base model's safety numbers come from score_base: it gets the safety settings a preset gives evaluate."""
+    overrides = ["evaluate.safety_check=false", "evaluate.safety_max_new_tokens=8", f"evaluate.safety_data={tmp_path}"]
+    job = build_pipeline(load_settings(LOCAL, overrides), base_model_path=str(tmp_path))
+    for name, value in {"safety_check": False, "safety_max_new_tokens": 8}.items():
+        assert binding(job.jobs["base_scores"], name) == binding(job.jobs["evaluation"], name) == value
+    assert str(tmp_path) in str(binding(job.jobs["base_scores"], "safety_data"))
+    assert binding(job.jobs["base_scores"], "safety_data") == binding(job.jobs["evaluation"], "safety_data")
 
 
 def test_azure_preset_builds_with_registry_model_and_hf_dataset():
