@@ -7,9 +7,10 @@ import threading
 import time
 
 import pytest
+import torch
 
 from chatft.serving.contract import RequestError, parse_request
-from chatft.serving.generation import ChatGenerator, Completion, MicroBatcher
+from chatft.serving.generation import ChatGenerator, Completion, Job, MicroBatcher, _RowStreamer
 from tests.helpers.chat_requests import QUESTIONS, as_body, greedy_params, with_parameters
 
 
@@ -194,3 +195,25 @@ def test_a_cancelled_job_stops_its_row_and_leaves_the_others(llama_generator):
     queued = batcher.start(prompt, params)
     queued.cancel()  # cancelled before a batch took it: it never reaches the model
     assert queued.wait().finish_reason == "cancelled" and queued.wait().completion_tokens == 0
+
+
+def test_a_stream_that_ends_in_half_a_character_still_ends_like_the_answer():
+    # A byte-level tokenizer can end an answer inside a UTF-8 character (a sampled token, or the length limit): the
+    # final text then ends in U+FFFD. The stream holds such text back while more may come; at the end it must send
+    # it, or the streamed answer is one character short of the returned one (seen with a sampled tiny model).
+    pieces = {1: b"ok", 2: b" caf", 3: b"\xc3"}  # 3: the first byte of "\xe9", never completed
+
+    class ByteGenerator:
+        stop_ids = {0}
+
+        def decode(self, ids):
+            return b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    job = Job(prompt=[9], params={}, streaming=True)
+    streamer = _RowStreamer(ByteGenerator(), [job], limits=[3])
+    streamer.put(torch.tensor([[9]]))  # the prompt
+    for token in (1, 2, 3):
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    job.finish()
+    assert "".join(job.deltas()) == "ok caf\ufffd" == ByteGenerator().decode([1, 2, 3])

@@ -156,7 +156,13 @@ class _RowStreamer:
                 self.sent[row] = text
 
     def end(self) -> None:
-        pass
+        """Send what was held back: an answer that ends in half a character (or bytes that never form one) ends in
+        U+FFFD in the final text too, so the streamed text must end the same way."""
+        for row, job in enumerate(self.jobs):
+            text = self.generator.decode(self.tokens[row]).lstrip()
+            if job.streaming and text.startswith(self.sent[row]) and len(text) > len(self.sent[row]):
+                job.push(text[len(self.sent[row]) :])
+                self.sent[row] = text
 
 
 class ChatGenerator:
