@@ -10,17 +10,11 @@ import argparse
 import os
 
 from chatft.local_server import live_deployment
+from pipelines.azure.client import connect
 from pipelines.endpoint_client import EndpointError, configured
 from pipelines.settings import PROJECT_ROOT, load_settings
 
 URL_ENV, KEY_ENV = "CHATFT_ENDPOINT_URL", "CHATFT_ENDPOINT_KEY"
-
-
-def azure_client(ml_client=None):
-    """The given client, else the configured workspace's (a WorkspaceConfigError says how to configure one)."""
-    from pipelines.azure.client import workspace_client
-
-    return ml_client if ml_client is not None else workspace_client()
 
 
 def _keyed_connection(url_env: str, key_env: str, endpoints) -> tuple[str, str]:
@@ -37,7 +31,7 @@ def _keyed_connection(url_env: str, key_env: str, endpoints) -> tuple[str, str]:
 
 
 def azure_connection(name: str, ml_client=None) -> dict:
-    url, key = _keyed_connection(URL_ENV, KEY_ENV, lambda: (azure_client(ml_client).online_endpoints, name))
+    url, key = _keyed_connection(URL_ENV, KEY_ENV, lambda: (connect(ml_client).online_endpoints, name))
     return {"url": url, "headers": {"Authorization": f"Bearer {key}"}, "label": f"{name} (Azure ML)"}
 
 
@@ -46,7 +40,7 @@ def _state(value) -> str:
 
 
 def status_azure(name: str, ml_client=None) -> int:
-    client = azure_client(ml_client)
+    client = connect(ml_client)
     endpoint = client.online_endpoints.get(name)
     # The SDK reports states as enums (EndpointProvisioningState.SUCCEEDED in an f-string): print their value.
     print(f"{name}: {endpoint.scoring_uri}  ({_state(endpoint.provisioning_state)})")
@@ -62,7 +56,7 @@ def status_azure(name: str, ml_client=None) -> int:
 
 
 def teardown_azure(name: str, delete_model: bool, ml_client=None) -> int:
-    client = azure_client(ml_client)
+    client = connect(ml_client)
     models = {
         (deployment.tags or {}).get("model", "").split(":")[0]
         for deployment in client.online_deployments.list(endpoint_name=name)
@@ -94,14 +88,14 @@ def serverless_preset():
 
 def serverless_connection(name: str, ml_client=None) -> dict:
     def operations():
-        return azure_client(ml_client).serverless_endpoints, name
+        return connect(ml_client).serverless_endpoints, name
 
     url, key = _keyed_connection(SERVERLESS_URL_ENV, SERVERLESS_KEY_ENV, operations)
     return {"url": url, "headers": {"Authorization": f"Bearer {key}"}, "label": f"{name} (serverless)", "api": "openai"}
 
 
 def status_serverless(name: str, ml_client=None) -> int:
-    endpoint = azure_client(ml_client).serverless_endpoints.get(name)
+    endpoint = connect(ml_client).serverless_endpoints.get(name)
     print(f"{name}: {endpoint.scoring_uri}  ({endpoint.provisioning_state}, model {endpoint.model_id})")
     return 0 if (endpoint.provisioning_state or "").lower() == "succeeded" else 1
 
@@ -140,5 +134,5 @@ def manage_serverless(args: argparse.Namespace, ml_client=None) -> int:
     if args.command == "monitor":
         raise EndpointError("monitor is local only; a serverless endpoint keeps its metrics in Azure Monitor")
     if args.command == "teardown":
-        return teardown(settings, args.delete_subscription, azure_client(ml_client), name=name)
+        return teardown(settings, args.delete_subscription, connect(ml_client), name=name)
     return status_serverless(name, ml_client)

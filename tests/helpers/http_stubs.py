@@ -1,4 +1,5 @@
-"""HTTP stand-ins the tests run in-process: a server answering in a background thread, and JSON replies."""
+"""HTTP stand-ins the tests run in-process (GitHub's OIDC endpoint, chat endpoints, routers): a server answering in a
+background thread, JSON replies, and a quiet JSON handler."""
 
 from __future__ import annotations
 
@@ -29,3 +30,16 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, reply) -> None:
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A request handler that answers JSON and keeps the test output free of access logs."""
+
+    def send_json(self, body, status: int = 200) -> None:
+        send_json(self, status, body)
+
+    def read_json(self):
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def log_message(self, *args):
+        pass

@@ -3,16 +3,17 @@ endpoint, and the SIMULATED MLflow run the service logs its losses to (fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from pipelines.azure import serverless
 from pipelines.azure.plan import data_fingerprint
 from pipelines.settings import PROJECT_ROOT, load_settings
-from tests.helpers import loopback_http
 from tests.helpers.chat_data import make_conversations, write_jsonl
-from tests.helpers.loopback_http import JsonHandler
+from tests.helpers.http_stubs import JsonHandler, serving
 
 PRESET = PROJECT_ROOT / serverless.SERVERLESS_PRESET
 # Test prices, not Azure's: they only check the arithmetic of the estimate.
@@ -68,11 +69,12 @@ class ChatServer:
                     }
                 )
 
-        self.server = loopback_http.start(Handler)
+        self._stack = contextlib.ExitStack()
+        self.server = self._stack.enter_context(serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def close(self):
-        loopback_http.stop(self.server)
+        self._stack.close()
 
 
 class ServiceRuns:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import time
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from azure.core.pipeline.transport import HttpResponse
 
 from pipelines import github_oidc
-from tests.helpers import loopback_http
-from tests.helpers.loopback_http import JsonHandler
+from tests.helpers.http_stubs import JsonHandler, serving
 from tests.helpers.offline_transport import InProcessTransport
 
 TENANT, CLIENT = "00000000-0000-0000-0000-0000000000aa", "00000000-0000-0000-0000-0000000000bb"
@@ -40,17 +40,16 @@ def github():
                 return
             self.send_json({"count": 1, "value": f"id-token-{len(seen)}"})
 
-    server = loopback_http.start(Handler)
-    # The shape GitHub gives the URL: a query string already there, the audience appended to it.
-    url = f"http://127.0.0.1:{server.server_port}/_apis/distributedtask/hubs/Actions/plans/p/jobs/j/idtoken?api-version=2.0"
-    env = {
-        "ACTIONS_ID_TOKEN_REQUEST_URL": url,
-        "ACTIONS_ID_TOKEN_REQUEST_TOKEN": REQUEST_TOKEN,
-        "AZURE_CLIENT_ID": CLIENT,
-        "AZURE_TENANT_ID": TENANT,
-    }
-    yield env, seen
-    loopback_http.stop(server)
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
+        # The shape GitHub gives the URL: a query string already there, the audience appended to it.
+        url = f"http://127.0.0.1:{server.server_port}/_apis/distributedtask/hubs/Actions/plans/p/jobs/j/idtoken?api-version=2.0"
+        env = {
+            "ACTIONS_ID_TOKEN_REQUEST_URL": url,
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": REQUEST_TOKEN,
+            "AZURE_CLIENT_ID": CLIENT,
+            "AZURE_TENANT_ID": TENANT,
+        }
+        yield env, seen
 
 
 class _Json(HttpResponse):
