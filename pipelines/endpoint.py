@@ -43,7 +43,7 @@ from pipelines.endpoint_azure import (
     serverless_connection,
     serverless_name,
 )
-from pipelines.endpoint_client import EndpointError, configured, generate, stream_reply  # noqa: F401  (configured: tests)
+from pipelines.endpoint_client import EndpointError, generate, stream_reply
 from pipelines.endpoint_local import find_record, local_connection, manage_local
 from pipelines.settings import PROJECT_ROOT
 

@@ -30,6 +30,8 @@ import os
 import sys
 from pathlib import Path
 
+from azureml_inference_server_http.api.aml_request import rawhttp
+
 HERE = Path(__file__).resolve().parent
 # The one path edit left, for Azure ML: chatft ships beside this file in the deployment's code folder, but the server
 # puts only its app root (the code folder's parent) on sys.path, and Azure names no variable for the code folder's
@@ -38,14 +40,6 @@ if (HERE / "chatft").is_dir() and str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from chatft.serving.app import ChatApp, Stream  # noqa: E402
-
-try:
-    from azureml_inference_server_http.api.aml_request import rawhttp
-except ImportError:  # imported where the inference server is not installed (a plain environment): run stays callable
-
-    def rawhttp(func):
-        return func
-
 
 _app: ChatApp | None = None
 

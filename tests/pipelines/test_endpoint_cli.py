@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pipelines import endpoint
+from pipelines import endpoint, endpoint_client
 from pipelines.settings import PROJECT_ROOT, load_settings
 from tests.helpers.azure_endpoints import EndpointSimulation, simulated_endpoints
 from tests.helpers.http_stubs import send_json, serving
@@ -69,8 +69,8 @@ def live(sim: EndpointSimulation, scoring_url: str | None = None) -> EndpointSim
 
 def test_azure_endpoint_name_comes_from_the_azure_preset():
     preset = load_settings(PROJECT_ROOT / "pipelines/config/azure.yaml").step("deploy_endpoint")["endpoint_name"]
-    assert endpoint.configured("deploy_endpoint", "endpoint_name", "azure") == preset
-    assert endpoint.configured("register_model", "model_name", "local") == "chat-ft"  # the component default
+    assert endpoint_client.configured("deploy_endpoint", "endpoint_name", "azure") == preset
+    assert endpoint_client.configured("register_model", "model_name", "local") == "chat-ft"  # the component default
 
 
 def test_chat_with_the_workspace_endpoint_keeps_history_and_never_prints_the_key(
