@@ -66,6 +66,7 @@ def main(args: argparse.Namespace) -> dict:
             mlflow.log_params(params | {"trainable_params": trainable} | geometry)
         result = _train(trainer, resume_from)
         trainer.save_model(str(Path(args.adapter)))
+        _leave_process_group()
         if not main_process:
             return {}
         merged = save_merged(args, trainer)
@@ -90,6 +91,17 @@ def _instrument(trainer):
     trainer.add_callback(logger)
     trainer.add_callback(progress())
     return logger
+
+
+def _leave_process_group() -> None:
+    """Every rank waits for the others, then closes the process group itself. A rank that exits with the group still
+    open can abort in torch's teardown ("terminate called without an active exception", exit -6: seen in CI with two
+    ranks on gloo), which fails a run that had finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _train(trainer, resume_from: Path | None):
