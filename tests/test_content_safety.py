@@ -47,6 +47,7 @@ def test_shipped_settings_load():
         ({"timeout_s": 0}, "timeout_s"),
         ({"retries": 9}, "retries"),
         ({"refusal": " "}, "refusal"),
+        ({"stream_window_chars": 0}, "stream_window_chars"),
         ({"extra": 1}, "unknown key(s) ['extra']"),
     ],
 )
@@ -158,6 +159,60 @@ def test_service_down_fail_open_serves_and_logs(simulation, caplog):
     assert prompt.status is None and answer.status is None and answer.text == "an answer"
     assert answer.headers == {"x-chatft-content-filter": "answer unscreened: service unavailable"}
     assert "served unscreened (fail_open)" in caplog.text
+
+
+def _pieces(text: str, size: int = 7) -> list[str]:
+    """A streamed answer's deltas: ``text`` in pieces of ``size`` characters, as a generator would send them."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def test_a_stream_that_passes_leaves_in_screened_windows_and_loses_nothing(simulation):
+    guard = _guard(simulation.endpoint, stream_window_chars=20)
+    answer = "Unplug the router, wait thirty seconds, plug it back in, then check the lights."
+    out = list(guard.screen_stream(_pieces(answer)))
+    assert all(isinstance(piece, str) for piece in out) and "".join(out) == answer
+    assert all(len(piece) >= 20 for piece in out[:-1]) and len(out) < len(_pieces(answer))
+    # Each window was screened with the whole answer before it, and nothing was sent before it was screened.
+    screened = [request["text"] for request in simulation.requests]
+    assert screened == ["".join(out[: i + 1]) for i in range(len(out))]
+    assert guard.stats()["screened"] == 1  # one answer, however many windows
+
+
+def test_a_stream_blocked_mid_answer_never_sends_the_blocked_window(simulation):
+    simulation.rules["MARK-V"] = {"Violence": 6}
+    guard = _guard(simulation.endpoint, stream_window_chars=20)
+    # The marker straddles the first two windows: screening the window alone would miss it.
+    answer = "A calm first part MA" + "RK-V and the harmful rest of the answer follows here."
+    out = list(guard.screen_stream(_pieces(answer, 4)))
+    sent, decision = out[:-1], out[-1]
+    assert "".join(sent) == answer[:20] and "MARK-V" not in "".join(sent)
+    assert isinstance(decision, content_safety.Decision) and decision.filtered
+    assert decision.text == _settings().refusal and decision.record["blocked_category"] == "Violence"
+    assert guard.stats()["blocked_answer"] == 1 and guard.stats()["block_rate"] == 1.0
+
+
+def test_a_short_stream_is_screened_once_at_its_end(simulation):
+    simulation.rules["MARK-S"] = {"SelfHarm": 6}
+    guard = _guard(simulation.endpoint)  # the shipped window (200) is longer than this answer
+    out = list(guard.screen_stream(_pieces("short MARK-S answer")))
+    assert len(out) == 1 and out[0].filtered and len(simulation.requests) == 1
+
+
+@pytest.mark.parametrize("mode", ["fail_closed", "fail_open"])
+def test_a_stream_with_the_service_down(simulation, mode):
+    guard = _guard(simulation.endpoint, on_unavailable=mode, retries=0, timeout_s=2, stream_window_chars=10)
+    simulation.stop()
+    out = list(guard.screen_stream(_pieces("an answer that is long enough for two windows")))
+    if mode == "fail_closed":
+        assert len(out) == 1 and out[0].status == 503 and "withheld" in out[0].message  # nothing sent unscreened
+    else:
+        assert "".join(out) == "an answer that is long enough for two windows"
+    assert guard.stats()["unavailable_answer"] >= 1
+
+
+def test_off_a_stream_passes_through_piece_by_piece():
+    guard = content_safety.Guard(None)
+    assert list(guard.screen_stream(iter(["a", "b", "c"]))) == ["a", "b", "c"]
 
 
 def test_deployment_environment():

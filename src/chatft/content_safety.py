@@ -17,6 +17,8 @@ Content Safety account); off otherwise, which is the local default. The rest liv
     timeout_s        connect and read timeout per call to the service.
     retries          retries per call (azure-core's RetryPolicy) before the service counts as unavailable.
     refusal          the text that replaces a blocked answer.
+    stream_window_chars  a streamed answer is held back in windows of this many characters; each window is sent
+                     only after the whole answer so far passed screening (see :meth:`Guard.screen_stream`).
 
 Limits of the service (Azure AI Content Safety docs, quickstart "Analyze text content": "The default maximum length
 for text submissions is 10K characters"; the SDK's ``AnalyzeTextOptions.text``: "a maximum of 10k Unicode
@@ -31,6 +33,7 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,7 @@ CATEGORIES = ("Hate", "Sexual", "Violence", "SelfHarm")  # the service's TextCat
 SEVERITIES = (2, 4, 6)  # FourSeverityLevels thresholds that mean something (0 would block every text)
 MAX_TEXT_CHARS = 10_000  # per text:analyze request, in Unicode code points (Python str length)
 FAILURE_MODES = ("fail_closed", "fail_open")
-SETTINGS_KEYS = {"thresholds", "on_unavailable", "timeout_s", "retries", "refusal"}
+SETTINGS_KEYS = {"thresholds", "on_unavailable", "timeout_s", "retries", "refusal", "stream_window_chars"}
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -61,6 +64,7 @@ class Settings:
     timeout_s: float
     retries: int
     refusal: str
+    stream_window_chars: int = 200
 
 
 def load_settings(raw: Any, where: str) -> Settings:
@@ -88,7 +92,10 @@ def load_settings(raw: Any, where: str) -> Settings:
         raise ValueError(f"{where}: content_safety.retries must be an integer 0..5")
     if not isinstance(refusal, str) or not refusal.strip():
         raise ValueError(f"{where}: content_safety.refusal must be a non-empty string")
-    return Settings(dict(thresholds), raw["on_unavailable"], float(timeout), retries, refusal)
+    window = raw["stream_window_chars"]
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_TEXT_CHARS:
+        raise ValueError(f"{where}: content_safety.stream_window_chars must be an integer 1..{MAX_TEXT_CHARS}")
+    return Settings(dict(thresholds), raw["on_unavailable"], float(timeout), retries, refusal, window)
 
 
 def chunks(text: str, limit: int = MAX_TEXT_CHARS) -> list[str]:
@@ -240,12 +247,15 @@ class Guard:
             self._counts.update(keys)
         return self.stats()
 
-    def _screen(self, text: str, what: str) -> Verdict:
+    def _screen(self, text: str, what: str, again: bool = False) -> Verdict:
+        """Screen one text and count it; ``again``: a longer version of a text already counted (a stream's next
+        window), so the block rate stays per answer, not per window."""
+        screened = () if again else ("screened",)
         try:
             verdict = self.screen.verdict(text)
         except ContentSafetyUnavailable as err:
             closed = self.screen.settings.on_unavailable == "fail_closed"
-            stats = self._count("screened", f"unavailable_{what}")
+            stats = self._count(*screened, f"unavailable_{what}")
             log = logger.error if closed else logger.warning
             log(
                 "content safety unavailable for the %s (%s): %s; %s",
@@ -255,9 +265,7 @@ class Guard:
                 _rate(stats),
             )
             return Verdict(closed, unavailable=str(err))
-        stats = self._count(
-            "screened", *([f"blocked_{what}", f"blocked_{verdict.category}"] if verdict.blocked else [])
-        )
+        stats = self._count(*screened, *([f"blocked_{what}", f"blocked_{verdict.category}"] if verdict.blocked else []))
         if verdict.blocked:
             logger.warning(
                 "content safety blocked the %s: %s severity %d; %s",
@@ -300,12 +308,12 @@ class Guard:
             body["choices"][0]["finish_reason"] = "content_filter"
         return body
 
-    def check_answer(self, text: str) -> Decision:
+    def check_answer(self, text: str, again: bool = False) -> Decision:
         """Screen the model's answer; a blocked one is replaced by the refusal (``filtered``), or 503 when the
         service is down and on_unavailable is fail_closed."""
         if self.screen is None:
             return Decision(text=text)
-        verdict = self._screen(text, "answer")
+        verdict = self._screen(text, "answer", again)
         record = _record("answer", verdict)
         if verdict.unavailable and verdict.blocked:
             message = "content safety screening is unavailable, so the answer was withheld (fail_closed); retry later"
@@ -313,6 +321,34 @@ class Guard:
         if verdict.blocked:
             return Decision(filtered=True, text=self.screen.settings.refusal, record=record)
         return Decision(text=text, record=record)
+
+    def screen_stream(self, pieces: Iterable[str]) -> Iterator[str | Decision]:
+        """A streamed answer, screened before it leaves: the pieces to send, and a :class:`Decision` last if
+        screening stopped the answer (blocked: ``filtered``; the service down under fail_closed: ``status`` 503).
+
+        Pieces are held back until ``stream_window_chars`` characters gather; then the whole answer so far (not the
+        window alone: a harmful sentence can straddle two windows) is screened, and the window is released only if
+        it passed. Text already sent cannot be recalled, but a blocked window never leaves. The rest is screened
+        when generation ends. Without screening the pieces pass through unchanged, one by one.
+        """
+        if self.screen is None:
+            yield from pieces
+            return
+        window = self.screen.settings.stream_window_chars
+        sent, held, again = "", "", False
+        for piece in pieces:
+            held += piece
+            if len(held) < window:
+                continue
+            decision = self.check_answer(sent + held, again)
+            if decision.status is not None or decision.filtered:
+                yield decision
+                return
+            yield held
+            sent, held, again = sent + held, "", True
+        if held:
+            decision = self.check_answer(sent + held, again)
+            yield decision if decision.status is not None or decision.filtered else held
 
 
 def _rate(stats: dict[str, Any]) -> str:

@@ -111,6 +111,65 @@ def test_pass_then_block_on_prompt_then_block_on_answer(staged, monkeypatch):
         assert score._app.guard.stats()["blocked_prompt"] == 1 and score._app.guard.stats()["blocked_answer"] == 2
 
 
+def _stream(score, text: str) -> list[dict]:
+    """POST a streamed chat request through score.run; the server-sent events, parsed ([DONE] as the string)."""
+    from flask import Flask, request
+
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": 6, "stream": True}
+    context = Flask("score_cs_stream").test_request_context(
+        "/score", method="POST", data=json.dumps(body), content_type="application/json"
+    )
+    context.push()
+    try:
+        reply = score.run(request._get_current_object())
+        raw = "".join(reply.response)  # the events, as the generator yields them
+    finally:
+        context.pop()
+    assert reply.mimetype == "text/event-stream"
+    events = [line[len("data: ") :] for line in raw.split("\n\n") if line]
+    return [event if event == "[DONE]" else json.loads(event) for event in events]
+
+
+def _stand_in_stream(score, monkeypatch, pieces: list[str]) -> list:
+    """The model's streamed answer, replaced by ``pieces``; returns a list that records whether it was cancelled."""
+    import threading
+    from types import SimpleNamespace
+
+    cancelled, done = [], threading.Event()
+    done.set()
+    job = SimpleNamespace(
+        deltas=lambda: iter(pieces),
+        wait=lambda: Completion("".join(pieces), "stop", 9, 8, 1.0, 1),
+        cancel=lambda: cancelled.append(True),
+        done=done,
+    )
+    monkeypatch.setattr(score._app, "answer", lambda chat, prompt: job)
+    return cancelled
+
+
+def test_a_streamed_answer_is_screened_and_a_blocked_window_never_sent(staged, monkeypatch):
+    with ContentSafetySimulation() as sim:
+        score = _init(staged, monkeypatch, sim.endpoint)
+        window = score._app.guard.screen.settings.stream_window_chars
+        calm = "x" * window
+        _stand_in_stream(score, monkeypatch, [calm[: window // 2], calm[window // 2 :], " fine ending"])
+        events = _stream(score, "How do I reset my router?")
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e != "[DONE]" and e["choices"])
+        assert text == calm + " fine ending" and events[-2]["choices"][0]["finish_reason"] == "stop"
+
+        sim.rules["MARK-HATE"] = {"Hate": 6}
+        logged, record = [], score._app.log.record
+        monkeypatch.setattr(score._app.log, "record", lambda **entry: logged.append(record(**entry)))
+        cancelled = _stand_in_stream(score, monkeypatch, [calm, " and then MARK-HATE", " more"])
+        events = _stream(score, "How do I reset my router?")
+        sent = [e["choices"][0]["delta"].get("content", "") for e in events if e != "[DONE]"]
+        refusal = score._app.guard.screen.settings.refusal
+        assert sent == ["", calm, refusal, ""] and cancelled == [True]
+        assert events[-2]["choices"][0]["finish_reason"] == "content_filter"
+        assert events[-2]["content_filter"] == {"filtered": True, "category": "Hate"} and events[-1] == "[DONE]"
+        assert logged[-1]["blocked"] == "Hate" and logged[-1]["stream"] is True  # counts in the block rate
+
+
 def test_service_down_fail_closed_answers_503(staged, monkeypatch):
     with ContentSafetySimulation() as sim:
         score = _init(staged, monkeypatch, sim.endpoint, "fail_closed")

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatft.content_safety import Decision
 from chatft.serving.contract import (
     CHAT_ROUTE,
     EXAMPLE,
@@ -192,12 +193,15 @@ class ChatApp:
         except Exception:
             self.log.record(route=route, status=500, started=started)
             raise
-        screened = self.guard.check_answer(completion.text)  # a blocked answer becomes the refusal (not in streams)
+        screened = self.guard.check_answer(completion.text)  # a blocked answer becomes the refusal
         if screened.status is not None:
             self.log.record(route=route, status=screened.status, started=started, error=screened.message)
             return Reply({"message": screened.message}, screened.status, screened.headers)
         completion.text = screened.text
-        self.log.record(route=route, status=200, started=started, completion=completion, messages=chat.messages)
+        blocked = screened.record.get("blocked_category") if screened.filtered else None  # counts in the block rate
+        self.log.record(
+            route=route, status=200, started=started, completion=completion, messages=chat.messages, blocked=blocked
+        )
         self._collect(chat, completion)
         if chat.shape == SEED:
             body = {"output": completion.text}
@@ -216,6 +220,22 @@ class ChatApp:
         row.update({"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens})
         outputs.collect(pd.DataFrame([row]), context)
 
+    def _stop_stream(self, job: Job, decision, event) -> Iterator[str]:
+        """Screening stopped a streamed answer: the generation is cancelled, the refusal takes the blocked window's
+        place with ``finish_reason: content_filter``, or (service down, fail_closed) an error event names the 503.
+        Returns the status for the request log."""
+        job.cancel()
+        job.done.wait(timeout=5)
+        if decision.status is not None:
+            yield f"data: {json.dumps({'error': {'message': decision.message, 'status': decision.status}})}\n\n"
+            return decision.status
+        yield event({"content": decision.text})
+        yield event(
+            {}, "content_filter", content_filter={"filtered": True, "category": decision.record["blocked_category"]}
+        )
+        yield "data: [DONE]\n\n"
+        return 200
+
     def _event_stream(self, chat: ChatRequest, job: Job, started: float) -> Iterator[str]:
         """Server-sent events in OpenAI's chunk shape; closing this generator (the client left) cancels the job."""
         base = {
@@ -225,14 +245,18 @@ class ChatApp:
             "model": chat.model or self.generator.model_dir.name,
         }
 
-        def event(delta: dict, reason: str | None = None) -> str:
+        def event(delta: dict, reason: str | None = None, **extra) -> str:
             choice = {"index": 0, "delta": delta, "finish_reason": reason}
-            return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
+            return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
 
-        completion, status = None, 200
+        completion, status, blocked = None, 200, None
         try:
             yield event({"role": "assistant", "content": ""})
-            for piece in job.deltas():
+            for piece in self.guard.screen_stream(job.deltas()):  # content safety: released window by window
+                if isinstance(piece, Decision):
+                    blocked = piece.record.get("blocked_category") if piece.filtered else None
+                    status = yield from self._stop_stream(job, piece, event)
+                    return
                 yield event({"content": piece})
             completion = job.wait()
             yield event({}, finish_reason(completion))
@@ -249,7 +273,7 @@ class ChatApp:
             logger.exception("streaming generation failed")
             yield f"data: {json.dumps({'error': {'message': f'generation failed: {type(err).__name__}'}})}\n\n"
         finally:
-            record = {"completion": completion, "stream": True, "messages": chat.messages}
+            record = {"completion": completion, "stream": True, "messages": chat.messages, "blocked": blocked}
             self.log.record(route=chat.route, status=status, started=started, **record)
             if completion is not None and status == 200:
                 self._collect(chat, completion)
