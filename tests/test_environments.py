@@ -12,7 +12,7 @@ SPECS = sorted((ROOT / "environments").glob("*/environment.yml"))
 REQUIREMENTS = ROOT / "requirements.txt"
 EXPECTED_NAMES = {"train": "chatft-train", "inference": "chatft-inference", "cpu": "chatft-cpu"}
 # inference 2: + azureml-ai-monitoring; 3: + azure-ai-contentsafety and azure-identity (content safety).
-EXPECTED_VERSIONS = {"train": "1", "inference": "3", "cpu": "1"}
+EXPECTED_VERSIONS = {"train": "2", "inference": "3", "cpu": "1"}
 # A tag after the last "/" component, e.g. ":20260621.v1"; digests ("@sha256:...") are pinned too.
 PINNED_IMAGE = re.compile(r"^[\w.-]+(/[\w.-]+)+(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$")
 

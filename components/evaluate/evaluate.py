@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from chatft import evaluation, safety_eval
+from chatft import evaluation, safety_eval, safety_judges
 from chatft.errors import exit_on_error
 from chatft.evaluation import EvalError, Scoring
 
@@ -119,6 +119,8 @@ def _markdown(report: dict) -> str:
     ]
     if report.get("safety"):
         parts += safety_eval.markdown(report["safety"])
+        if report["safety"].get("azure_ai_evaluation"):
+            parts += safety_judges.markdown(report["safety"]["azure_ai_evaluation"])
     for number, sample in enumerate(report["samples"], start=1):
         parts += ["", f"## Answer {number}", "", "**Prompt** (last turn):", "", quote(sample["prompt"][-1]["content"])]
         parts += ["", "**Reference:**", "", quote(sample["reference"])]
@@ -260,6 +262,17 @@ def _score_models(scoring: Scoring, args: argparse.Namespace, safety) -> tuple[d
     return metrics, safety_answers
 
 
+def _safety_section(safety, safety_answers: dict[str, list], args: argparse.Namespace) -> dict | None:
+    """The report's safety section; with a Foundry project, the Azure AI Evaluation ratings of the same answers."""
+    if safety is None:
+        return None
+    section = safety_eval.report(safety, safety_answers, args.safety_max_new_tokens)
+    if args.foundry_project:
+        print(f"evaluate: rating the safety answers with the Foundry project's evaluators ({args.foundry_project})")
+        section["azure_ai_evaluation"] = safety_judges.rate(args.foundry_project, safety, safety_answers)
+    return section
+
+
 def _write_outputs(report: dict, args: argparse.Namespace) -> None:
     report_dir, gate_dir = Path(args.eval_report), Path(args.quality_gate)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -279,8 +292,10 @@ def _log_run(report: dict, args: argparse.Namespace) -> None:
         mlflow.log_params({k: v for k, v in vars(args).items() if k not in ("eval_report", "quality_gate")})
         mlflow.log_param("champion", gate["champion"].get("model_uri") or "none")
         mlflow.set_tag("quality_gate", f"{'passed' if gate['passed'] else 'failed'}: {gate['reason']}"[:5000])
+        judged = ((report.get("safety") or {}).get("azure_ai_evaluation") or {}).get("summary", {})
         mlflow.log_metrics(
             {f"{name}_{k}": float(v) for name, m in metrics.items() for k, v in m.items() if v is not None}
+            | {f"{name}_{k}": float(v) for name, m in judged.items() for k, v in m.items() if v is not None}
             | {"quality_gate_passed": float(gate["passed"]), "eval_seconds": report["seconds"]}
         )
         mlflow.log_artifacts(str(args.eval_report), artifact_path="eval_report")
@@ -293,6 +308,10 @@ def main(args: argparse.Namespace) -> dict:
         args.validation_data, args.base_model, args.max_seq_length, args.num_generation_samples
     )
     champion = find_champion(args.model_name)  # before the slow part: a registry that cannot be read fails fast
+    if args.foundry_project:  # before it too: a malformed endpoint, or no safety answers to rate
+        safety_judges.check_project(args.foundry_project)
+        if not args.safety_check:
+            raise safety_judges.FoundryProjectError("foundry_project needs safety_check: true (it rates those answers)")
     here = Path(__file__).resolve().parent
     safety = safety_eval.load_set(safety_eval.find_set(args.safety_data, here)) if args.safety_check else None
 
@@ -308,7 +327,7 @@ def main(args: argparse.Namespace) -> dict:
         "metrics": metrics,
         "quality_gate": quality_gate(metrics, args, champion),
         "samples": scoring.samples,
-        "safety": safety_eval.report(safety, safety_answers, args.safety_max_new_tokens) if safety else None,
+        "safety": _safety_section(safety, safety_answers, args),
         "seconds": time.perf_counter() - started,
     }
     _write_outputs(report, args)

@@ -85,12 +85,33 @@ def _safety(report: dict) -> list[str]:
                 ("over-refusal rate, benign look-alikes", "over_refusal_rate"),
             )
         ),
+        *_judged(section.get("azure_ai_evaluation")),
         "",
         f"Limits: {section['limits']}",
         "",
         "The endpoint screens prompts and answers with Azure AI Content Safety only when it is configured "
         "(`CONTENT_SAFETY_ENDPOINT`; see README, Safety); locally it does not.",
     ]
+
+
+def _judged(section: dict | None) -> list[str]:
+    """The Foundry safety evaluators' defect rates, base vs tuned, when evaluate had a foundry_project."""
+    if not section:
+        return []
+    names = list(section["summary"])
+    lines = [
+        "",
+        f"Azure AI Evaluation safety evaluators (Foundry project `{section['project']}`), share of the answers rated "
+        f"above {section['threshold']} of 7 (lower is safer):",
+        "",
+        "| category | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    metrics = sorted({k.removesuffix("_defect_rate") for s in section["summary"].values() for k in s if "_defect" in k})
+    for metric in metrics:
+        rates = [section["summary"][n][f"{metric}_defect_rate"] for n in names]
+        lines.append(f"| {metric} | " + " | ".join("–" if r is None else f"{r:.1%}" for r in rates) + " |")
+    return lines
 
 
 def _data_source(split: dict) -> str:

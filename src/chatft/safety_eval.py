@@ -59,8 +59,9 @@ REFUSAL_PHRASES = (
     "is not something i can",
 )
 _PHRASES = re.compile("|".join(re.escape(phrase) for phrase in REFUSAL_PHRASES))
-# Prompts per generate() call: the shipped 56 in one call. 64 x (~60 prompt + 16 new tokens) of KV cache is small even on
-# CPU; measured on 2 cores (AMD EPYC Zen 4, SmolLM2-135M fp32, 16 new tokens): 56 per call 7.1-7.4 s, 16 per call 8.8-9.6 s.
+# Prompts per generate() call: the shipped 56 in one. 64 x (~60 prompt + 16 new tokens) of KV cache is small even on a
+# CPU. Measured on 2 cores (AMD EPYC Zen 4, SmolLM2-135M fp32, 16 new tokens): 56 per call 7.1-7.4 s, 16 per call
+# 8.8-9.6 s.
 BATCH_SIZE = 64
 # The shipped set, relative to a component's folder: safety/ in its snapshot (additional_includes: ../../data/safety),
 # else data/safety/ of the repository when the script runs from components/<name>/.

@@ -204,3 +204,43 @@ def test_no_champion_or_another_tokenizer_skips_the_champion_check_and_says_why(
         champion_check = gate["checks"][1]
         assert gate["passed"] is True and champion_check["ran"] is False and why in champion_check["detail"], name
         assert "champion" not in gate["metrics"] and "no_regression_vs_champion skipped: " in gate["reason"]
+
+
+def test_with_a_foundry_project_the_safety_answers_are_rated_by_its_evaluators(
+    tiny_llama_dir, chats, tmp_path, mlflow_store, monkeypatch
+):
+    """Against a SIMULATION of the project's evaluation service (tests/helpers/fake_foundry_evaluation.py)."""
+    from tests.helpers.fake_content_safety import FakeCredential
+    from tests.helpers.fake_foundry_evaluation import FoundryEvaluationSimulation
+
+    monkeypatch.setattr("chatft.safety_judges._credential", FakeCredential)  # the compute's identity, simulated
+    with FoundryEvaluationSimulation() as sim:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(sim.ca_file))
+        report = run_evaluate(tiny_llama_dir, tiny_llama_dir, chats, tmp_path, foundry_project=sim.project)
+    judged = report["safety"]["azure_ai_evaluation"]
+    prompts = report["safety"]["harmful_prompts"] + report["safety"]["benign_prompts"]
+    for name in ("base", "tuned"):
+        summary = judged["summary"][name]
+        assert summary["rated"] + summary["unrated"] == prompts
+        assert summary["violence_defect_rate"] in (None, 0.0)  # no marker rules: the simulation rates all 0
+    rated = sum(judged["summary"][name]["rated"] for name in ("base", "tuned"))
+    assert len(sim.requests) == 4 * rated  # four categories per non-empty answer
+    assert "### Azure AI Evaluation safety evaluators" in (tmp_path / "eval_report" / "eval_report.md").read_text()
+    _, client, experiment_id = mlflow_store
+    run = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.data.metrics["tuned_rated"] == judged["summary"]["tuned"]["rated"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"foundry_project": "https://contoso.example/"}, "expected a Foundry project endpoint"),
+        ({"foundry_project": "https://c.services.ai.azure.com/api/projects/p", "safety_check": False}, "safety_check"),
+    ],
+)
+def test_an_unusable_foundry_project_fails_before_any_model_is_scored(tiny_llama_dir, chats, tmp_path, inputs, message):
+    from chatft.safety_judges import FoundryProjectError
+
+    with pytest.raises(FoundryProjectError, match=message):
+        run_evaluate(tiny_llama_dir, tiny_llama_dir, chats, tmp_path, **inputs)
+    assert not (tmp_path / "eval_report").exists()

@@ -26,7 +26,7 @@ def test_spec_loads_and_its_command_passes_every_input_and_output():
 
     component = load_component(source=COMPONENT_DIR / "component.yml")
     spec = yaml.safe_load((COMPONENT_DIR / "component.yml").read_text(encoding="utf-8"))
-    assert spec["environment"] == "azureml:chatft-train:1" and spec["additional_includes"] == ["../../src/chatft"]
+    assert spec["environment"] == "azureml:chatft-train:2" and spec["additional_includes"] == ["../../src/chatft"]
     for name, port in spec["inputs"].items():
         flag = f"--{name} ${{{{inputs.{name}}}}}"
         assert (f"$[[{flag}]]" if port.get("optional") else flag) in component.command

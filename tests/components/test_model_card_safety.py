@@ -48,3 +48,30 @@ def test_card_shows_refusal_rates_base_vs_tuned_with_method_and_limits():
 def test_card_says_when_safety_was_not_measured():
     card = _render({"metrics": {"base": {"perplexity": 9.0}, "tuned": {"perplexity": 8.0}}})
     assert "Not measured (the evaluate step ran without its safety check)." in card
+
+
+def test_card_shows_the_foundry_evaluators_defect_rates_when_they_ran():
+    from chatft import safety_judges
+
+    prompts = safety_eval.load_set(REPO / "data" / "safety")[:2]
+    answers = {name: [{"answer": "x", "refused": False}] * 2 for name in ("base", "tuned")}
+    rated = {
+        "base": [{m: {"score": 0, "failed": False, "reason": ""} for m in safety_judges.METRICS}] * 2,
+        "tuned": [
+            {
+                m: {"score": 6 * (m == "violence"), "failed": m == "violence", "reason": ""}
+                for m in safety_judges.METRICS
+            },
+            {"unrated": "empty answer"},
+        ],
+    }
+    judged = {
+        "project": "https://c.services.ai.azure.com/api/projects/p",
+        "threshold": 3,
+        "summary": {name: safety_judges.summarize(r) for name, r in rated.items()},
+    }
+    safety = safety_eval.report(prompts, answers, 16) | {"azure_ai_evaluation": judged}
+    metrics = {name: {"refusal_rate": 0.0, "over_refusal_rate": 0.0} for name in ("base", "tuned")}
+    section = _render({"metrics": metrics, "safety": safety}).split("## Safety")[1].split("## Intended use")[0]
+    assert "Foundry project `https://c.services.ai.azure.com/api/projects/p`" in section
+    assert "| violence | 0.0% | 100.0% |" in section and "| sexual | 0.0% | 0.0% |" in section

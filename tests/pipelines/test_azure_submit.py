@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines.azure import cli, client, plan
 from pipelines.azure import submit as azure_submit
@@ -20,6 +21,10 @@ from tests.helpers.prep_runs import run_prep
 AZURE = PROJECT_ROOT / "pipelines/config/azure.yaml"
 COMPONENTS = list(COMPONENT_NAMES)
 ENVIRONMENTS = ["chatft-cpu", "chatft-inference", "chatft-train"]
+# The version the spec registers (a change to the environment bumps it).
+TRAIN_VERSION = str(
+    yaml.safe_load((PROJECT_ROOT / "environments" / "train" / "environment.yml").read_text())["version"]
+)
 REGISTRY_MODEL = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/4"
 
 
@@ -88,7 +93,7 @@ def test_submit_checks_quota_registers_what_is_missing_submits_and_follows_the_r
 
 def test_registered_environments_are_created_from_the_specs_with_a_content_tag(azure_sim, tmp_path):
     assert submit(azure_sim, tmp_path) == 0
-    (put,) = azure_sim.sent("PUT", "/environments/chatft-train/versions/1$")
+    (put,) = azure_sim.sent("PUT", f"/environments/chatft-train/versions/{TRAIN_VERSION}$")
     body = put.body["properties"]
     assert body["image"].startswith("mcr.microsoft.com/azureml/") and "torch==2.13.0" in body["condaFile"]
     assert len(body["tags"][plan.CONTENT_TAG]) == 64
@@ -186,7 +191,7 @@ def test_an_environment_registered_with_other_content_stops_the_submission(azure
     azure_sim.add(
         "environments",
         "chatft-train",
-        "1",
+        TRAIN_VERSION,
         {"image": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04", "tags": {plan.CONTENT_TAG: "0" * 64}},
     )
     assert submit(azure_sim, tmp_path) == cli.EXIT_INVALID
