@@ -17,6 +17,9 @@ What remains, and why there is no public route (azure-ai-ml 1.35.2):
   * ``workspace._workspace_id``: the workspace's GUID (``properties.workspaceId``), which a serverless endpoint's
     model id for a fine-tuned model contains (``azureml://locations/<region>/workspaces/<guid>/models/...``, as
     Microsoft's Model-as-a-Service sample builds it); the Workspace entity has no public attribute for it.
+  * ``azure.ai.ml._utils._asset_utils.get_ignore_file``: which files of a component's code folder Azure ML leaves
+    out of the uploaded snapshot (``.amlignore``, else ``.gitignore``, in that folder); the local backend leaves out
+    the same files, so its snapshot and cache key match what Azure ML would upload. No public function says it.
   * ``ml_client._credential``: the credential a client was built with, to open the model's registry with the same
     one (pipelines/azure/serverless/); MLClient does not expose it.
 """
@@ -77,3 +80,10 @@ def workspace_guid(workspace) -> str:
 def client_credential(ml_client):
     """The credential ``ml_client`` was built with."""
     return ml_client._credential
+
+
+def ignore_file(directory):
+    """The ignore rules Azure ML applies to ``directory`` when it uploads it as code: ``.is_file_excluded(path)``."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file
+
+    return get_ignore_file(directory)

@@ -40,13 +40,16 @@ class FileHashMemo:
             tmp.replace(self.store)
 
 
-def hash_path(path: Path, memo: FileHashMemo | None = None) -> str:
-    """Content hash of a file or folder (relative names + bytes), independent of timestamps."""
+def hash_path(path: Path, memo: FileHashMemo | None = None, excluded=None) -> str:
+    """Content hash of a file or folder (relative names + bytes), independent of timestamps. ``excluded``: a
+    predicate on a folder's files that leaves some out (a component's ignore file)."""
     memo = memo or FileHashMemo()
     if path.is_file():
         files, base = [path], path.parent
     else:
         files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        if excluded is not None:
+            files = [p for p in files if not excluded(p)]
         base = path
     digest = hashlib.sha256()
     for file in files:

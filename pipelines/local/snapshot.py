@@ -1,5 +1,7 @@
 """A component's snapshot: its ``code`` folder plus its ``additional_includes``, copied as Azure ML uploads them,
-into a content-addressed folder so an unchanged component is copied once."""
+into a content-addressed folder so an unchanged component is copied once. What a folder's ``.amlignore`` (else
+``.gitignore``) leaves out of Azure ML's upload is left out here too, from the copy and from the hash: an
+``mlflow.db`` left by running a script by hand in its folder neither ships nor misses the step cache."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from pipelines import sdk_private
 from pipelines.local.hashing import FileHashMemo, hash_path
 from pipelines.local.results import LocalRunError
 
@@ -16,7 +19,8 @@ def snapshot(component, output_root: Path, memo: FileHashMemo) -> tuple[Path, st
     sources = _sources(component)
     digest = hashlib.sha256()
     for source, target in sources:
-        digest.update(f"{target}:{hash_path(source, memo)}".encode())
+        excluded = sdk_private.ignore_file(source).is_file_excluded if source.is_dir() else None
+        digest.update(f"{target}:{hash_path(source, memo, excluded)}".encode())
     code_hash = digest.hexdigest()
     folder = output_root / "snapshots" / f"{component.name}-{code_hash[:16]}"
     if not folder.is_dir():
@@ -40,12 +44,22 @@ def _copy(sources: list[tuple[Path, str | None]], folder: Path) -> None:
     # Staged then renamed: an interrupted copy never passes for a snapshot.
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for source, target in sources:
         destination = staging / target if target else staging
         if source.is_dir():
-            shutil.copytree(source, destination, ignore=ignore, dirs_exist_ok=True)
+            shutil.copytree(source, destination, ignore=_ignored(source), dirs_exist_ok=True)
         else:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination)
     staging.rename(folder)
+
+
+def _ignored(source: Path):
+    """copytree's ignore callable: bytecode, and whatever the folder's ignore file leaves out of Azure ML's upload."""
+    rules = sdk_private.ignore_file(source)
+    bytecode = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+    def names(directory: str, entries: list[str]) -> set[str]:
+        return set(bytecode(directory, entries)) | {e for e in entries if rules.is_file_excluded(Path(directory, e))}
+
+    return names

@@ -159,6 +159,25 @@ def test_any_change_to_what_defines_a_step_invalidates_its_cache(project, tracki
     assert second.steps[0].cache_key != first.steps[0].cache_key
 
 
+def test_what_the_ignore_file_leaves_out_neither_ships_nor_misses_the_cache(project, tracking_uri):
+    """Azure ML leaves out of a code upload what the folder's .amlignore names; so does the local snapshot."""
+    folder = project / "components/make_text"
+    (folder / ".amlignore").write_text("mlflow.db\nmlruns/\n")
+    first = backend(project, tracking_uri).run(build_job(project), "tests")
+    (folder / "mlflow.db").write_bytes(b"left behind by running the script by hand")
+    (folder / "mlruns" / "0").mkdir(parents=True)
+    (folder / "mlruns" / "0" / "meta.yaml").write_text("x")
+    second = backend(project, tracking_uri).run(build_job(project), "tests")
+    assert statuses(second)["text"] == "reused" and second.steps[0].cache_key == first.steps[0].cache_key
+    (snapshot,) = (project / "outputs" / "snapshots").glob("make_text-*")
+    assert (snapshot / "make_text.py").is_file() and not (snapshot / "mlflow.db").exists()
+    assert not list(snapshot.rglob("meta.yaml"))
+
+    (folder / ".amlignore").unlink()  # without the rule the same files are code: Azure would upload them
+    third = backend(project, tracking_uri).run(build_job(project), "tests")
+    assert statuses(third)["text"] == "completed" and third.steps[0].cache_key != first.steps[0].cache_key
+
+
 def test_force_rerun_ignores_the_cache(project, tracking_uri):
     backend(project, tracking_uri).run(build_job(project), "tests")
     forced = backend(project, tracking_uri, force_rerun=True).run(build_job(project), "tests")

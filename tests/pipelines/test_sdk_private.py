@@ -60,3 +60,15 @@ def test_workspace_guid_and_client_credential(azure_sim):
     workspace = ml_client.workspaces.get(ml_client.workspace_name)
     assert sdk_private.workspace_guid(workspace) == fixture("workspace.json")["properties"]["workspaceId"]
     assert hasattr(sdk_private.client_credential(ml_client), "get_token")
+
+
+def test_ignore_file_reads_amlignore_before_gitignore(tmp_path):
+    (tmp_path / ".gitignore").write_text("*.log\n")
+    assert sdk_private.ignore_file(tmp_path).is_file_excluded(tmp_path / "x.log")
+    (tmp_path / ".amlignore").write_text("mlflow.db\nmlruns/\n")  # .amlignore wins, as on upload
+    rules = sdk_private.ignore_file(tmp_path)
+    assert rules.is_file_excluded(tmp_path / "mlflow.db") and rules.is_file_excluded(tmp_path / "mlruns" / "m.yaml")
+    assert not rules.is_file_excluded(tmp_path / "x.log") and not rules.is_file_excluded(tmp_path / "step.py")
+    # The shipped components leave out what a run by hand in their folder writes.
+    shipped = sdk_private.ignore_file(PROJECT_ROOT / "components" / "evaluate")
+    assert shipped.is_file_excluded(PROJECT_ROOT / "components" / "evaluate" / "mlflow.db")
