@@ -11,6 +11,7 @@ classifier: an answer is rated by the markers a test puts in ``rules``, like the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -18,9 +19,11 @@ import ssl
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+
+from tests.helpers.http_stubs import JsonHandler, send_json, serving
 
 API_VERSION = "2025-11-15-preview"
 PROJECT_PATH = "/api/projects/simulated"
@@ -68,41 +71,29 @@ class FoundryEvaluationSimulation:
         self.ca_file, key_file = _self_signed(Path(self._folder.name))
         simulation = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self):
                 simulation._handle(self)
-
-            def log_message(self, *args):  # quiet
-                pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.ca_file, key_file)
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.project = f"https://127.0.0.1:{self._server.server_address[1]}{PROJECT_PATH}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._lock = threading.Lock()
+        self._running = contextlib.ExitStack()
 
     def __enter__(self):
-        self._thread.start()
+        self._running.callback(self._folder.cleanup)  # last out: after the server has stopped
+        self._running.enter_context(serving(self._server))
         return self
 
     def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
-        self._folder.cleanup()
+        self._running.close()
 
     @staticmethod
-    def _reply(handler, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json; charset=utf-8")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
-
-    def _error(self, handler, status: int, code: str, message: str) -> None:
-        self._reply(handler, status, {"error": {"code": code, "message": message}})
+    def _error(handler, status: int, code: str, message: str) -> None:
+        send_json(handler, status, {"error": {"code": code, "message": message}})
 
     def _handle(self, handler) -> None:
         url = urlparse(handler.path)
@@ -139,7 +130,7 @@ class FoundryEvaluationSimulation:
             "passed": score <= 3,
             "properties": {"metrics": {"promptTokens": "10", "completionTokens": "5"}},
         }
-        self._reply(
+        send_json(
             handler,
             200,
             {
