@@ -200,6 +200,16 @@ class Decision:
     record: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def stops(self) -> bool:
+        """The answer may not go out as written: refused (``status``) or replaced by the refusal (``filtered``)."""
+        return self.status is not None or self.filtered
+
+    @property
+    def blocked_category(self) -> str | None:
+        """The category that had the answer replaced by the refusal (what the request log counts as blocked)."""
+        return self.record.get("blocked_category") if self.filtered else None
+
+    @property
     def headers(self) -> dict[str, str]:
         """``x-chatft-content-filter``: what screening decided, on every answer when screening is on."""
         if not self.record:
@@ -341,14 +351,14 @@ class Guard:
             if len(held) < window:
                 continue
             decision = self.check_answer(sent + held, again)
-            if decision.status is not None or decision.filtered:
+            if decision.stops:
                 yield decision
                 return
             yield held
             sent, held, again = sent + held, "", True
         if held:
             decision = self.check_answer(sent + held, again)
-            yield decision if decision.status is not None or decision.filtered else held
+            yield decision if decision.stops else held
 
 
 def _rate(stats: dict[str, Any]) -> str:

@@ -198,10 +198,8 @@ class ChatApp:
             self.log.record(route=route, status=screened.status, started=started, error=screened.message)
             return Reply({"message": screened.message}, screened.status, screened.headers)
         completion.text = screened.text
-        blocked = screened.record.get("blocked_category") if screened.filtered else None  # counts in the block rate
-        self.log.record(
-            route=route, status=200, started=started, completion=completion, messages=chat.messages, blocked=blocked
-        )
+        record = {"completion": completion, "messages": chat.messages, "blocked": screened.blocked_category}
+        self.log.record(route=route, status=200, started=started, **record)
         self._collect(chat, completion)
         if chat.shape == SEED:
             body = {"output": completion.text}
@@ -230,9 +228,7 @@ class ChatApp:
             yield f"data: {json.dumps({'error': {'message': decision.message, 'status': decision.status}})}\n\n"
             return decision.status
         yield event({"content": decision.text})
-        yield event(
-            {}, "content_filter", content_filter={"filtered": True, "category": decision.record["blocked_category"]}
-        )
+        yield event({}, "content_filter", content_filter={"filtered": True, "category": decision.blocked_category})
         yield "data: [DONE]\n\n"
         return 200
 
@@ -254,7 +250,7 @@ class ChatApp:
             yield event({"role": "assistant", "content": ""})
             for piece in self.guard.screen_stream(job.deltas()):  # content safety: released window by window
                 if isinstance(piece, Decision):
-                    blocked = piece.record.get("blocked_category") if piece.filtered else None
+                    blocked = piece.blocked_category
                     status = yield from self._stop_stream(job, piece, event)
                     return
                 yield event({"content": piece})
