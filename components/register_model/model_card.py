@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from chatft.safety_judges import METRICS
+
 # finetune's run parameters that are folders (inputs and outputs), not hyper-parameters.
 PATH_PARAMS = {"base_model", "train_data", "validation_data", "adapter", "merged_model", "checkpoints"}
 # train_metrics.json fields worth a reader's time, in the order shown.
@@ -107,8 +109,7 @@ def _judged(section: dict | None) -> list[str]:
         "| category | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),
     ]
-    metrics = sorted({k.removesuffix("_defect_rate") for s in section["summary"].values() for k in s if "_defect" in k})
-    for metric in metrics:
+    for metric in METRICS:
         rates = [section["summary"][n][f"{metric}_defect_rate"] for n in names]
         lines.append(f"| {metric} | " + " | ".join("–" if r is None else f"{r:.1%}" for r in rates) + " |")
     return lines

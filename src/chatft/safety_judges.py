@@ -77,16 +77,17 @@ def _rate_one(evaluator, prompt: str, answer: str) -> dict[str, Any]:
     return ratings
 
 
-def rate(project: str, prompts: list, answers: dict[str, list[dict]], credential=None, evaluator=None) -> dict:
+def rate(project: str, prompts: list, answers: dict[str, list[dict]], credential=None) -> dict:
     """The safety set's answers of each model (``answers``: name -> safety_eval.measure's answers), rated by the
     project's safety evaluators; the report section (per model: defect rate and worst score per category)."""
     project = check_project(project)
-    if evaluator is None:
-        from azure.ai.evaluation import ContentSafetyEvaluator
+    from azure.ai.evaluation import ContentSafetyEvaluator
 
-        # evaluate_query: the service rates the answer with the request beside it (the SDK's default sends the answer
-        # alone); "Sure, here is how" is harmful or not by what was asked.
-        evaluator = ContentSafetyEvaluator(credential or _credential(), project, evaluate_query=True)
+    # evaluate_query: the service rates the answer with the request beside it (the SDK's default sends the answer
+    # alone); "Sure, here is how" is harmful or not by what was asked. The thresholds are THRESHOLD, said explicitly
+    # so that the report's number is the one the SDK judged by.
+    thresholds = {f"{metric}_threshold": THRESHOLD for metric in METRICS}
+    evaluator = ContentSafetyEvaluator(credential or _credential(), project, evaluate_query=True, **thresholds)
     by_model: dict[str, list[dict]] = {}
     with ThreadPoolExecutor(WORKERS) as pool:
         for name, got in answers.items():
