@@ -17,14 +17,15 @@ from pipelines.local.results import LocalRunError
 def snapshot(component, output_root: Path, memo: FileHashMemo) -> tuple[Path, str]:
     """Copy code + additional_includes into ``output_root/snapshots``; return the folder and its hash."""
     sources = _sources(component)
+    rules = {source: sdk_private.ignore_file(source) for source, _ in sources if source.is_dir()}  # read once
     digest = hashlib.sha256()
     for source, target in sources:
-        excluded = sdk_private.ignore_file(source).is_file_excluded if source.is_dir() else None
+        excluded = rules[source].is_file_excluded if source in rules else None
         digest.update(f"{target}:{hash_path(source, memo, excluded)}".encode())
     code_hash = digest.hexdigest()
     folder = output_root / "snapshots" / f"{component.name}-{code_hash[:16]}"
     if not folder.is_dir():
-        _copy(sources, folder)
+        _copy(sources, folder, rules)
     return folder, code_hash
 
 
@@ -40,23 +41,22 @@ def _sources(component) -> list[tuple[Path, str | None]]:
     return sources
 
 
-def _copy(sources: list[tuple[Path, str | None]], folder: Path) -> None:
+def _copy(sources: list[tuple[Path, str | None]], folder: Path, rules: dict) -> None:
     # Staged then renamed: an interrupted copy never passes for a snapshot.
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     for source, target in sources:
         destination = staging / target if target else staging
         if source.is_dir():
-            shutil.copytree(source, destination, ignore=_ignored(source), dirs_exist_ok=True)
+            shutil.copytree(source, destination, ignore=_ignored(rules[source]), dirs_exist_ok=True)
         else:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination)
     staging.rename(folder)
 
 
-def _ignored(source: Path):
-    """copytree's ignore callable: bytecode, and whatever the folder's ignore file leaves out of Azure ML's upload."""
-    rules = sdk_private.ignore_file(source)
+def _ignored(rules):
+    """copytree's ignore callable: bytecode, and what the folder's ignore ``rules`` leave out of Azure ML's upload."""
     bytecode = shutil.ignore_patterns("__pycache__", "*.pyc")
 
     def names(directory: str, entries: list[str]) -> set[str]:
