@@ -69,10 +69,11 @@ validate: install ## Check chat JSONL before a run: make validate DATA=file-or-f
 		--data_report $(CHATFT_HOME)/validate/report
 
 # One pytest worker per core (pytest-xdist); a test file stays on one worker, so its module fixtures (a trained
-# tiny model, a server) are built once. tests/conftest.py splits the cores' threads among the workers.
+# tiny model, a server) are built once. tests/conftest.py splits the cores' threads among the workers and hands
+# out the modules longest first (tests/durations.json); --no-loadscope-reorder keeps that order.
 TEST_WORKERS ?= auto
 test: install lint-infra ## Run the test suite on every core (offline, CPU only; includes the Bicep checks)
-	CHATFT_REQUIRE_IAC=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	CHATFT_REQUIRE_IAC=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 lint-infra: ## Parse the Bicep templates and run checkov (creates .venv-iac on first use)
 	bash infra/check.sh

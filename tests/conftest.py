@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
+from collections import defaultdict
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -28,12 +31,53 @@ def pytest_configure(config):
     """Under pytest-xdist, give each worker its share of the cores: N workers each starting a thread per core
     would oversubscribe them (torch's OpenMP threads spin while waiting). Component scripts the tests start
     inherit the setting."""
+    if not (config.getoption("numprocesses", None) and not hasattr(config, "workerinput")):  # not xdist's controller
+        # In-process tests build MLClients of their own (tests/helpers/azure_transport.py): give them the SDK check
+        # that the project's client factory installs (pipelines/sdk_private.py says why).
+        from pipelines import sdk_private
+
+        sdk_private.fast_experimental_check()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = str(max(1, cores // workers))
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ.setdefault(name, threads)
+
+
+# Seconds each test module took in a measured run (`make test ARGS=--record-durations` rewrites it). The workers take
+# modules longest first, so the last module to start is a short one and no core idles at the end of the run: with
+# xdist's default order (most tests first) the 60 s end-to-end module started last and one core idled for a minute.
+DURATIONS_FILE = Path(__file__).with_name("durations.json")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--record-durations", action="store_true", help=f"write each module's measured seconds to {DURATIONS_FILE}"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run modules longest first (a stable sort: the order inside a module stays). Every xdist worker collects and
+    sorts alike, as xdist requires; the Makefile's --no-loadscope-reorder keeps this order."""
+    seconds = json.loads(DURATIONS_FILE.read_text())["seconds"] if DURATIONS_FILE.is_file() else {}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))
+
+
+_measured: defaultdict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    _measured[report.nodeid.split("::")[0]] += report.duration
+
+
+def pytest_sessionfinish(session):
+    # Only the controller writes (under xdist it sees every worker's reports); a partial run keeps the rest.
+    if session.config.getoption("record_durations") and not hasattr(session.config, "workerinput"):
+        old = json.loads(DURATIONS_FILE.read_text())["seconds"] if DURATIONS_FILE.is_file() else {}
+        merged = {**old, **{module: round(total, 1) for module, total in _measured.items()}}
+        ordered = dict(sorted(merged.items(), key=lambda kv: -kv[1]))
+        DURATIONS_FILE.write_text(json.dumps({"seconds": ordered}, indent=1) + "\n")
 
 
 def _is_loopback(address) -> bool:

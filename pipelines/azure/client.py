@@ -26,6 +26,9 @@ def workspace_client(project_root: Path = PROJECT_ROOT, credential=None, **kwarg
     MLClient and on to its azure-core clients (``transport=``, ``retry_total=`` ...)."""
     from azure.ai.ml import MLClient
 
+    from pipelines import sdk_private
+
+    sdk_private.fast_experimental_check()
     if credential is None:
         from azure.identity import DefaultAzureCredential
 

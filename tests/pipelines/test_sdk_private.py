@@ -72,3 +72,26 @@ def test_ignore_file_reads_amlignore_before_gitignore(tmp_path):
     # The shipped components leave out what a run by hand in their folder writes.
     shipped = sdk_private.ignore_file(PROJECT_ROOT / "components" / "evaluate")
     assert shipped.is_file_excluded(PROJECT_ROOT / "components" / "evaluate" / "mlflow.db")
+
+
+def test_fast_experimental_check_answers_as_the_sdks_stack_walk_and_still_warns_once(caplog):
+    from azure.ai.ml._utils import _experimental
+    from azure.ai.ml.entities import DataCollector
+
+    sdk_check = sdk_private.fast_experimental_check()
+    assert _experimental._should_skip_warning is not sdk_check
+
+    def _from_rest_object():  # the frame name the SDK looks for
+        return sdk_check(), _experimental._should_skip_warning()
+
+    def nested():
+        return _from_rest_object()
+
+    assert nested() == (True, True)
+    assert (sdk_check(), _experimental._should_skip_warning()) == (False, False)
+    # Built by hand, an experimental class still says so, once a session, through the SDK's own wrapper.
+    _experimental._warning_cache.clear()
+    with caplog.at_level("WARNING", logger=_experimental.__name__):
+        DataCollector(collections={})
+        DataCollector(collections={})
+    assert len([r for r in caplog.records if "Class DataCollector" in r.message]) == 1
