@@ -4,6 +4,7 @@
 #   2. checkov's Bicep checks: no failed check and no parsing error;
 #   3. every checkov skip comment gives a reason.
 # Usage: infra/check.sh [DIR]   (DIR defaults to infra/; the tests point it at broken copies)
+#        CHECKOV_REPORT=path infra/check.sh   keeps checkov's JSON report there (passed, failed and skipped checks)
 # Tools live in their own venv (.venv-iac, created on first run): checkov's pins clash with the main stack.
 set -euo pipefail
 
@@ -58,10 +59,14 @@ print(f"parsed {len(files)} Bicep file(s)")
 EOF
 
 echo "== checkov (bicep)"
-report="$(mktemp)"
-trap 'rm -f "$report"' EXIT
+if [[ -n "${CHECKOV_REPORT:-}" ]]; then
+    report="$CHECKOV_REPORT"
+else
+    report="$(mktemp)"
+    trap 'rm -f "$report"' EXIT
+fi
 # checkov exits non-zero on failed checks only; parsing errors are judged from the report below.
-"$VENV/bin/checkov" -d "$TARGET" --framework bicep --skip-download --compact --quiet -o json >"$report" || true
+"$VENV/bin/checkov" -d "$TARGET" --framework bicep --skip-download --compact -o json >"$report" || true
 "$VENV/bin/python" - "$report" <<'EOF'
 import json
 import sys
