@@ -31,7 +31,8 @@ def pytest_configure(config):
     """Under pytest-xdist, give each worker its share of the cores: N workers each starting a thread per core
     would oversubscribe them (torch's OpenMP threads spin while waiting). Component scripts the tests start
     inherit the setting."""
-    if not (config.getoption("numprocesses", None) and not hasattr(config, "workerinput")):  # not xdist's controller
+    xdist_controller = config.getoption("numprocesses", None) and not hasattr(config, "workerinput")
+    if not xdist_controller:  # it runs no test
         # In-process tests build MLClients of their own (tests/helpers/azure_transport.py): give them the SDK check
         # that the project's client factory installs (pipelines/sdk_private.py says why).
         from pipelines import sdk_private
@@ -57,25 +58,32 @@ def pytest_addoption(parser):
     )
 
 
+def _recorded_durations() -> dict[str, float]:
+    return json.loads(DURATIONS_FILE.read_text())["seconds"] if DURATIONS_FILE.is_file() else {}
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
 def pytest_collection_modifyitems(config, items):
     """Run modules longest first (a stable sort: the order inside a module stays). Every xdist worker collects and
     sorts alike, as xdist requires; the Makefile's --no-loadscope-reorder keeps this order."""
-    seconds = json.loads(DURATIONS_FILE.read_text())["seconds"] if DURATIONS_FILE.is_file() else {}
-    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))
+    seconds = _recorded_durations()
+    items.sort(key=lambda item: -seconds.get(_module(item.nodeid), 0.0))
 
 
 _measured: defaultdict[str, float] = defaultdict(float)
 
 
 def pytest_runtest_logreport(report):
-    _measured[report.nodeid.split("::")[0]] += report.duration
+    _measured[_module(report.nodeid)] += report.duration
 
 
 def pytest_sessionfinish(session):
     # Only the controller writes (under xdist it sees every worker's reports); a partial run keeps the rest.
     if session.config.getoption("record_durations") and not hasattr(session.config, "workerinput"):
-        old = json.loads(DURATIONS_FILE.read_text())["seconds"] if DURATIONS_FILE.is_file() else {}
-        merged = {**old, **{module: round(total, 1) for module, total in _measured.items()}}
+        merged = {**_recorded_durations(), **{module: round(total, 1) for module, total in _measured.items()}}
         ordered = dict(sorted(merged.items(), key=lambda kv: -kv[1]))
         DURATIONS_FILE.write_text(json.dumps({"seconds": ordered}, indent=1) + "\n")
 

@@ -47,8 +47,10 @@ def bicep_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.bicep"))
 
 
-def run_tool(args: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def run_tool(args: list[str | Path], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``args`` run in ``cwd``, output captured; ``env``: variables added to this process's environment."""
+    environ = {**os.environ, **env} if env else None
+    return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=300, env=environ)
 
 
 def ref(value: Any) -> Any:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,31 +12,30 @@ import pytest
 from tests.helpers.bicep import INFRA, PARSE_SCRIPT, ROOT, run_tool
 
 
+def _parsed(text: str) -> dict[str, Any]:
+    report = json.loads(text)
+    assert isinstance(report, dict), "one framework was asked for, so checkov returns one report"
+    return report
+
+
 def _checkov_report(iac_python: Path, folder: Path) -> dict[str, Any]:
     checkov = iac_python.parent / "checkov"
     result = run_tool(
         [checkov, "-d", folder, "--framework", "bicep", "--skip-download", "--compact", "-o", "json"], ROOT
     )
-    report = json.loads(result.stdout)
-    assert isinstance(report, dict), "one framework was asked for, so checkov returns one report"
-    return report
+    return _parsed(result.stdout)
 
 
 @pytest.fixture(scope="module")
 def check_run(iac_python, tmp_path_factory):
     """infra/check.sh on the shipped templates, once for the module, keeping checkov's report (CHECKOV_REPORT)."""
     report = tmp_path_factory.mktemp("checkov") / "report.json"
-    result = subprocess.run(
-        ["bash", str(INFRA / "check.sh")], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "CHECKOV_REPORT": str(report)},
-    )  # fmt: skip
-    return result, report
+    return run_tool(["bash", INFRA / "check.sh"], ROOT, env={"CHECKOV_REPORT": str(report)}), report
 
 
 @pytest.mark.slow
 def test_checkov_finds_nothing_and_every_skip_gives_a_reason(check_run):
-    report = json.loads(check_run[1].read_text())
-    assert isinstance(report, dict), "one framework was asked for, so checkov returns one report"
+    report = _parsed(check_run[1].read_text())
     summary = report["summary"]
     failed = [f"{c['check_id']} {c['resource']}" for c in report["results"].get("failed_checks", [])]
     assert not failed, failed
